@@ -1,0 +1,1 @@
+"""Build backends. `base.Builder` is the interface; `codebuild.CodeBuildBuilder` the first one."""
