@@ -2,4 +2,8 @@
 
 from __future__ import annotations
 
-pytest_plugins: list[str] = []
+pytest_plugins = [
+    "tests.plugins.aws",  # moto server over HTTP + the CodeBuild double
+    "tests.plugins.github_api",  # fake GitHub REST API validated against GitHub's OpenAPI description
+    "tests.plugins.gitlab_api",  # fake GitLab REST API
+]
