@@ -1,0 +1,392 @@
+"""Front door 1: the GitHub Action.
+
+Reads the runner's environment (INPUT_* with hyphens kept, GITHUB_*), builds exactly this commit on
+the shared CodeBuild project, streams the log grouped by phase, keeps a check run up to date, and
+writes outputs and a step summary. The exit code is 0 only for SUCCEEDED (or a started build with
+`wait: false`). Everything the engine raises arrives here as a BridgeError and leaves as one
+`::error::` line with its fix-it hint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
+
+from bridge import events
+from bridge.builders.base import Builder
+from bridge.errors import BridgeError, InputError, ReporterError
+from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, SourceEvent
+from bridge.plan import parse_bool, parse_env_vars, plan_build
+from bridge.poll import Backoff
+from bridge.secret import Secret
+from bridge.status import build_status
+from bridge.workflow import WorkflowCommands, append_summary, write_outputs
+
+if TYPE_CHECKING:
+    from bridge.reporters.github import CheckRunReporter
+
+NO_CREDENTIALS_HINT = (
+    "add `aws-actions/configure-aws-credentials` (with role-to-assume and aws-region) before this step, "
+    "and give the job `permissions: id-token: write`"
+)
+LOG_TAIL_LINES = 50
+_PHASE_LINE = re.compile(r"Entering phase ([A-Z_]+)")
+# GitHub context passed to the build as plain values, so a buildspec can tag or label with them.
+CONTEXT_VARIABLES = (
+    "GITHUB_REPOSITORY",
+    "GITHUB_SHA",
+    "GITHUB_REF",
+    "GITHUB_REF_NAME",
+    "GITHUB_EVENT_NAME",
+    "GITHUB_RUN_ID",
+    "GITHUB_RUN_ATTEMPT",
+    "GITHUB_RUN_NUMBER",
+    "GITHUB_WORKFLOW",
+    "GITHUB_JOB",
+    "GITHUB_ACTOR",
+    "GITHUB_SERVER_URL",
+)
+
+
+class Cancelled(BaseException):  # noqa: N818 - a signal, not an error
+    """Raised from the SIGINT/SIGTERM handler when the workflow run is cancelled."""
+
+
+@dataclass(frozen=True)
+class ActionInputs:
+    project_name: str
+    options: BuildOptions
+    wait: bool
+    show_logs: bool
+    check_name: str  # "" turns the check run off
+    github_token: Secret | None
+    aws_region: str | None
+    poll_interval_seconds: float
+
+
+def _input(env: Mapping[str, str], name: str, default: str = "") -> str:
+    """The runner passes `with: project-name` as INPUT_PROJECT-NAME (hyphens kept)."""
+    upper = name.upper()
+    for key in (f"INPUT_{upper}", f"INPUT_{upper.replace('-', '_')}"):
+        if key in env:
+            return env[key].strip()
+    return default
+
+
+def _optional(env: Mapping[str, str], name: str) -> str | None:
+    return _input(env, name) or None
+
+
+def _int_input(env: Mapping[str, str], name: str, *, low: int, high: int) -> int | None:
+    raw = _input(env, name)
+    if not raw:
+        return None
+    if not re.fullmatch(r"\d+", raw) or not low <= int(raw) <= high:
+        raise InputError(name, f"expected a whole number from {low} to {high}", hint=f"e.g. {name}: {low}")
+    return int(raw)
+
+
+def read_inputs(env: Mapping[str, str]) -> ActionInputs:
+    project = _input(env, "project-name")
+    if not project:
+        raise InputError("project-name", "is required", hint="set `with: project-name: <CodeBuild project>`")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9\-_]{1,254}", project):
+        raise InputError(
+            "project-name", "is not a CodeBuild project name", hint="letters, digits, - and _, 2-255 chars"
+        )
+    privileged = _input(env, "privileged-mode")
+    poll = _input(env, "poll-interval-seconds", "10")
+    try:
+        poll_seconds = float(poll)
+    except ValueError:
+        poll_seconds = -1.0
+    if not 1 <= poll_seconds <= 300:
+        raise InputError("poll-interval-seconds", "expected a number of seconds from 1 to 300")
+    check_name = _input(env, "check-name", "codebuild/{project}").replace("{project}", project)
+    token = _input(env, "github-token")
+    options = BuildOptions(
+        project_name=project,
+        source_location=_optional(env, "source-location"),
+        source_type=_optional(env, "source-type"),
+        source_version=_optional(env, "source-version"),
+        buildspec=_optional(env, "buildspec"),
+        image_repository=_optional(env, "image-repository"),
+        image_tag=_optional(env, "image-tag"),
+        env_vars=parse_env_vars(_input(env, "env-vars"), input_name="env-vars"),
+        compute_type=_optional(env, "compute-type"),
+        build_image=_optional(env, "build-image"),
+        privileged_mode=parse_bool(privileged, input_name="privileged-mode") if privileged else None,
+        timeout_minutes=_int_input(env, "timeout-minutes", low=5, high=2160),
+    )
+    return ActionInputs(
+        project_name=project,
+        options=options,
+        wait=parse_bool(_input(env, "wait", "true"), input_name="wait"),
+        show_logs=parse_bool(_input(env, "show-logs", "true"), input_name="show-logs"),
+        check_name=check_name,
+        github_token=Secret(token) if token else None,
+        aws_region=_optional(env, "aws-region"),
+        poll_interval_seconds=poll_seconds,
+    )
+
+
+def idempotency_seed(env: Mapping[str, str]) -> str:
+    """Run, attempt, job and step: a re-run attempt builds again; a retried call does not."""
+    parts = (
+        env.get(name, "") for name in ("GITHUB_RUN_ID", "GITHUB_RUN_ATTEMPT", "GITHUB_JOB", "GITHUB_ACTION")
+    )
+    return "action/" + "/".join(parts)
+
+
+def load_event(env: Mapping[str, str]) -> SourceEvent:
+    path = env.get("GITHUB_EVENT_PATH", "")
+    payload: Mapping[str, Any] = {}
+    if path:
+        try:
+            loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise InputError(
+                "GITHUB_EVENT_PATH", f"cannot read the event file ({type(error).__name__})"
+            ) from error
+        if isinstance(loaded, dict):
+            payload = loaded
+    return events.from_actions(env, payload)
+
+
+@contextmanager
+def cancellation() -> Iterator[None]:
+    """Turn the runner's SIGTERM/SIGINT (workflow cancelled) into a Cancelled exception."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Cancelled(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class BuildRun:
+    """One build from start to final status, with its log stream and check run."""
+
+    def __init__(
+        self,
+        *,
+        inputs: ActionInputs,
+        event: SourceEvent,
+        request: BuildRequest,
+        builder: Builder,
+        region: str,
+        commands: WorkflowCommands,
+        checks: CheckRunReporter | None,
+        describe_image_digest: Callable[[str], str | None],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.inputs = inputs
+        self.event = event
+        self.request = request
+        self.builder = builder
+        self.region = region
+        self.commands = commands
+        self.checks = checks
+        self.describe_image_digest = describe_image_digest
+        self.sleep = sleep
+        self.check_run_id: int | None = None
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self.last_reported: tuple[str, str | None] | None = None
+
+    def _status(self, build: BuildRecord) -> BuildStatus:
+        return build_status(build, region=self.region, log_tail=tuple(self.tail))
+
+    def _report(self, status: BuildStatus, *, force: bool = False) -> None:
+        """Update the check on phase changes only: one API call a phase, not one a poll."""
+        key = (status.build_status, status.current_phase)
+        if self.checks is None or self.check_run_id is None or (key == self.last_reported and not force):
+            return
+        self.last_reported = key
+        try:
+            self.checks.update(self.check_run_id, status)
+        except ReporterError as error:
+            self.commands.warning(f"could not update the check run: {error}", title="check run")
+
+    def _start_check(self, status: BuildStatus) -> None:
+        if self.checks is None:
+            return
+        try:
+            self.check_run_id = self.checks.start(self.event, status, status.console_url)
+        except ReporterError as error:
+            self.commands.warning(f"no check run: {error}", title="check run")
+            self.checks = None
+
+    def _emit(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        self.tail.extend(lines)
+        if not self.inputs.show_logs:
+            return
+        batch: list[str] = []
+        for line in lines:
+            phase = _PHASE_LINE.search(line)
+            if phase:
+                self.commands.untrusted_lines(batch)
+                batch = []
+                self.commands.group(phase.group(1))
+            batch.append(line)
+        self.commands.untrusted_lines(batch)
+
+    def run(self) -> tuple[BuildRecord, BuildStatus]:
+        build = self.builder.start(self.request)
+        self.commands.info(f"Started CodeBuild build {build['id']} of {self.event.sha}")
+        status = self._status(build)
+        self._start_check(status)
+        if not self.inputs.wait:
+            return build, status
+        build_id = str(build["id"])
+        tail = self.builder.log_tail(build)
+        backoff = Backoff(self.inputs.poll_interval_seconds)
+        try:
+            while True:
+                try:
+                    build = self.builder.get_many([build_id])[build_id]
+                except BridgeError as error:
+                    if not getattr(error, "retryable", False):
+                        raise
+                    self.sleep(backoff.failure())
+                    continue
+                self._emit(tail.poll(build))
+                status = self._status(build)
+                self._report(status)
+                if build.get("buildComplete"):
+                    break
+                self.sleep(backoff.success())
+        except Cancelled:
+            self.commands.end_group()
+            self.commands.warning(f"workflow cancelled: stopping build {build_id}", title="cancelled")
+            build = self.builder.stop(build_id)
+            status = self._status(build)
+            self._report(status, force=True)
+            raise
+        self._emit(list(tail.drain(build)))
+        self.commands.end_group()
+        status = self._status(build)
+        if status.image_uri and not status.image_digest:
+            status = _with_digest(status, self.describe_image_digest(status.image_uri))
+        self._report(status, force=True)
+        return build, status
+
+
+def _with_digest(status: BuildStatus, digest: str | None) -> BuildStatus:
+    from dataclasses import replace
+
+    return replace(status, image_digest=digest) if digest else status
+
+
+def outputs_for(build: BuildRecord, status: BuildStatus, request: BuildRequest) -> dict[str, str]:
+    return {
+        "build-id": str(build["id"]),
+        "build-number": str(build.get("buildNumber", "")),
+        "build-status": status.build_status,
+        "build-url": status.console_url,
+        "image-uri": status.image_uri or request.image_uri or "",
+        "image-digest": status.image_digest or "",
+    }
+
+
+def _make_check_reporter(inputs: ActionInputs, env: Mapping[str, str]) -> CheckRunReporter | None:
+    if not inputs.check_name or inputs.github_token is None:
+        return None
+    # PyGithub is imported only when a check is reported: it is the slowest import at start-up.
+    from bridge.reporters.github import CheckRunReporter, github_client
+
+    api_url = env.get("GITHUB_API_URL", "https://api.github.com")
+    client = github_client(api_url, inputs.github_token)
+    return CheckRunReporter(client, env["GITHUB_REPOSITORY"], name=inputs.check_name)
+
+
+def run(env: Mapping[str, str], out: TextIO) -> int:
+    commands = WorkflowCommands(out)
+    try:
+        with cancellation():
+            return _run(env, commands)
+    except Cancelled:
+        commands.error("the workflow run was cancelled; the build was stopped", title="cancelled")
+        return 130
+    except BridgeError as error:
+        commands.end_group()
+        message = f"{error.message}. Fix: {error.hint}" if error.hint else error.message
+        commands.error(message, title=type(error).__name__)
+        return error.exit_code
+
+
+def _run(env: Mapping[str, str], commands: WorkflowCommands) -> int:
+    inputs = read_inputs(env)
+    if inputs.github_token is not None:
+        commands.mask(inputs.github_token)
+    event = load_event(env)
+    from bridge import aws
+    from bridge.builders.codebuild import CodeBuildBuilder
+
+    session = aws.session(region=inputs.aws_region)
+    aws.check_credentials(session, hint=NO_CREDENTIALS_HINT)
+    region = aws.region_of(session)
+    context = {name: env[name] for name in CONTEXT_VARIABLES if env.get(name)}
+    request = plan_build(event, inputs.options, idempotency_seed=idempotency_seed(env), context_env=context)
+    builder = CodeBuildBuilder(aws.client("codebuild", session=session), aws.client("logs", session=session))
+    ecr = aws.client("ecr", session=session) if request.image_uri else None
+
+    def digest(image_uri: str) -> str | None:
+        return aws.ecr_image_digest(ecr, image_uri) if ecr is not None else None
+
+    build_run = BuildRun(
+        inputs=inputs,
+        event=event,
+        request=request,
+        builder=builder,
+        region=region,
+        commands=commands,
+        checks=_make_check_reporter(inputs, env),
+        describe_image_digest=digest,
+    )
+    try:
+        build, status = build_run.run()
+    except Cancelled:
+        raise
+    outputs = outputs_for(build, status, request)
+    write_outputs(env.get("GITHUB_OUTPUT"), outputs)
+    append_summary(env.get("GITHUB_STEP_SUMMARY"), _summary(inputs, status, outputs))
+    if not inputs.wait:
+        commands.notice(f"build {outputs['build-id']} started; not waiting (wait: false)")
+        return 0
+    if status.build_status == "SUCCEEDED":
+        return 0
+    commands.error(
+        f"{status.title}. Open the build log: {status.console_url}",
+        title=f"CodeBuild {status.build_status}",
+    )
+    return 1
+
+
+def _summary(inputs: ActionInputs, status: BuildStatus, outputs: Mapping[str, str]) -> str:
+    rows = "\n".join(f"| `{name}` | {value or '—'} |" for name, value in outputs.items())
+    return (
+        f"## {inputs.project_name}: {status.title}\n\n"
+        f"| output | value |\n|---|---|\n{rows}\n\n{status.summary}\n"
+    )
+
+
+def main() -> int:
+    import os
+
+    return run(os.environ, sys.stdout)
