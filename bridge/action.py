@@ -10,6 +10,7 @@ writes outputs and a step summary. The exit code is 0 only for SUCCEEDED (or a s
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -17,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -58,7 +59,7 @@ CONTEXT_VARIABLES = (
 )
 
 
-class Cancelled(BaseException):  # noqa: N818 - a signal, not an error
+class Cancelled(BaseException):
     """Raised from the SIGINT/SIGTERM handler when the workflow run is cancelled."""
 
 
@@ -288,8 +289,6 @@ class BuildRun:
 
 
 def _with_digest(status: BuildStatus, digest: str | None) -> BuildStatus:
-    from dataclasses import replace
-
     return replace(status, image_digest=digest) if digest else status
 
 
@@ -359,10 +358,7 @@ def _run(env: Mapping[str, str], commands: WorkflowCommands) -> int:
         checks=_make_check_reporter(inputs, env),
         describe_image_digest=digest,
     )
-    try:
-        build, status = build_run.run()
-    except Cancelled:
-        raise
+    build, status = build_run.run()
     outputs = outputs_for(build, status, request)
     write_outputs(env.get("GITHUB_OUTPUT"), outputs)
     append_summary(env.get("GITHUB_STEP_SUMMARY"), _summary(inputs, status, outputs))
@@ -387,6 +383,4 @@ def _summary(inputs: ActionInputs, status: BuildStatus, outputs: Mapping[str, st
 
 
 def main() -> int:
-    import os
-
     return run(os.environ, sys.stdout)
