@@ -7,7 +7,7 @@ log line, an exception message or an f-string that touches it by accident shows 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, NoReturn
 
 MASK: Final = "***"
 
@@ -39,5 +39,5 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("Secret values are not picklable")
