@@ -1,0 +1,432 @@
+"""Turn a SourceEvent and BuildOptions into the exact StartBuild call.
+
+Pure on purpose: no AWS client here, so every shape the planner can produce is a table-driven test,
+and the tests prove each one against botocore's own CodeBuild model. Values never get spliced into
+buildspec text: the packaged buildspecs read everything from environment variables, always quoted,
+so a branch called `$(rm -rf /)` stays a string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+import uuid
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge.errors import ConfigError, InputError
+from bridge.model import BuildOptions, BuildRequest, EnvVar, SourceEvent
+
+# --- environment variables -------------------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RESERVED_PREFIX = "CODEBUILD_"
+_ENV_FORM = "NAME=value, NAME=secretsmanager:SECRET_ID[#json-key] or NAME=ssm:/parameter/name, one per line"
+_SECRETS_PREFIX = "secretsmanager:"
+_SSM_PREFIX = "ssm:"
+_BLANKS = " \t\r"
+# An ARN is arn:partition:secretsmanager:region:account:secret:name; more parts means CodeBuild's
+# long form (json-key, version-stage, version-id) already follows.
+_ARN_PARTS = 7
+
+
+def parse_env_vars(text: str, *, input_name: str = "env-vars") -> tuple[EnvVar, ...]:
+    """Read the `env-vars` lines into typed CodeBuild variables.
+
+    Messages name the line and, once it is known to be a valid identifier, the variable; never the
+    value, which may be a secret pasted in the wrong place.
+    """
+    seen: dict[str, int] = {}
+    result: list[EnvVar] = []
+    # Split on newlines only (str.splitlines also splits on \x1c, \x85, ... inside values).
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip(_BLANKS)
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise InputError(input_name, f"line {number}: expected NAME=value (no '=' found)", hint=_ENV_FORM)
+        if not _ENV_NAME.fullmatch(name):
+            raise InputError(
+                input_name,
+                f"line {number}: the variable name is not valid: it must match [A-Za-z_][A-Za-z0-9_]*",
+                hint=_ENV_FORM,
+            )
+        if name.upper().startswith(_RESERVED_PREFIX):
+            raise InputError(
+                input_name,
+                f"line {number}: {name} starts with {_RESERVED_PREFIX}, which CodeBuild reserves",
+                hint="rename the variable",
+            )
+        if name in seen:
+            raise InputError(
+                input_name,
+                f"line {number}: {name} is already set on line {seen[name]}",
+                hint="set each variable once",
+            )
+        seen[name] = number
+        result.append(_typed_env_var(name, value, input_name=input_name, where=f"line {number}: {name}"))
+    return tuple(result)
+
+
+def _typed_env_var(name: str, value: str, *, input_name: str, where: str) -> EnvVar:
+    if value.startswith(_SECRETS_PREFIX):
+        body = value[len(_SECRETS_PREFIX) :]
+        return EnvVar(
+            name, secrets_manager_value(body, input_name=input_name, where=where), "SECRETS_MANAGER"
+        )
+    if value.startswith(_SSM_PREFIX):
+        parameter = value[len(_SSM_PREFIX) :]
+        if not parameter or any(c.isspace() for c in parameter):
+            raise InputError(
+                input_name,
+                f"{where}: the ssm: reference needs a parameter name without spaces",
+                hint="NAME=ssm:/path/to/parameter",
+            )
+        return EnvVar(name, parameter, "PARAMETER_STORE")
+    return EnvVar(name, value, "PLAINTEXT")
+
+
+def secrets_manager_value(reference: str, *, input_name: str, where: str = "") -> str:
+    """Turn `SECRET_ID[#json-key]` (what follows `secretsmanager:`) into CodeBuild's value form.
+
+    CodeBuild wants `secret-id:json-key:version-stage:version-id`; its long form passes through
+    unchanged so users who already know it need not relearn anything.
+    """
+    prefix = f"{where}: " if where else ""
+    hint = "secretsmanager:SECRET_NAME_OR_ARN[#json-key]"
+    secret_id, sep, json_key = reference.partition("#")
+    if not secret_id or any(c.isspace() for c in reference):
+        raise InputError(input_name, f"{prefix}the secretsmanager: reference needs a secret id", hint=hint)
+    if not sep:
+        return secret_id
+    parts = secret_id.split(":")
+    is_plain_name = len(parts) == 1
+    is_plain_arn = secret_id.startswith("arn:") and len(parts) == _ARN_PARTS
+    if not json_key or "#" in json_key or ":" in json_key or not (is_plain_name or is_plain_arn):
+        raise InputError(
+            input_name,
+            f"{prefix}the secretsmanager: reference is malformed: use SECRET_ID#json-key, or CodeBuild's "
+            "own secret-id:json-key:version-stage:version-id form without '#'",
+            hint=hint,
+        )
+    return f"{secret_id}:{json_key}"
+
+
+def parse_bool(value: str, *, input_name: str) -> bool:
+    """Action inputs arrive as strings; accept the spellings people actually write."""
+    lowered = value.strip().lower()
+    if lowered in {"true", "yes", "1"}:
+        return True
+    if lowered in {"false", "no", "0"}:
+        return False
+    raise InputError(input_name, "expected a boolean", hint="true or false")
+
+
+# --- image references ------------------------------------------------------------------------------
+
+_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*(?::\d{{1,5}})?")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_ECR_HOST = re.compile(
+    r"(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d)\.amazonaws\.com(?:\.cn)?"
+)
+_MAX_NAME_LENGTH = 255  # the distribution spec's practical limit on host + path
+_REPOSITORY_FORM = (
+    "REGISTRY_HOST/path, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/my-app, ghcr.io/owner/app "
+    "or registry.example.com:5000/team/app (lowercase path, no tag: use image-tag for that)"
+)
+_TAG_FORM = "1-128 characters of A-Z a-z 0-9 _ . - not starting with . or -"
+
+
+def compose_image_uri(repository: str, tag: str, *, input_name: str = "image-repository") -> str:
+    """Validate a repository and a tag and join them, so a typo fails before a build is paid for."""
+    repository = repository.strip()
+    if "://" in repository:
+        raise InputError(input_name, "must not include a URL scheme", hint=_REPOSITORY_FORM)
+    if "@" in repository:
+        raise InputError(
+            input_name,
+            "already contains a digest: give the repository only",
+            hint="use image-tag for the tag",
+        )
+    host, sep, path = repository.partition("/")
+    if ":" in path:
+        raise InputError(
+            input_name, "already contains a tag: give the repository only", hint="use image-tag for the tag"
+        )
+    if not sep or not _HOST.fullmatch(host) or ("." not in host and ":" not in host and host != "localhost"):
+        raise InputError(input_name, "must start with a registry host", hint=_REPOSITORY_FORM)
+    lowered = host.lower()
+    looks_like_ecr = lowered.endswith((".amazonaws.com", ".amazonaws.com.cn")) and ".dkr.ecr" in lowered
+    if looks_like_ecr and not _ECR_HOST.fullmatch(host):
+        raise InputError(
+            input_name,
+            "is not a valid ECR registry host",
+            hint="ACCOUNT_ID(12 digits).dkr.ecr.REGION.amazonaws.com/repository",
+        )
+    if not all(_PATH_COMPONENT.fullmatch(component) for component in path.split("/")):
+        raise InputError(
+            input_name,
+            "has an invalid repository path: lowercase letters, digits and single . _ __ - separators "
+            "between /-separated components",
+            hint=_REPOSITORY_FORM,
+        )
+    if len(repository) > _MAX_NAME_LENGTH:
+        raise InputError(input_name, f"is longer than {_MAX_NAME_LENGTH} characters", hint=_REPOSITORY_FORM)
+    if not _TAG.fullmatch(tag):
+        raise InputError("image-tag", "is not a valid image tag", hint=_TAG_FORM)
+    return f"{repository}:{tag}"
+
+
+def ecr_registry(image_uri: str) -> tuple[str, str] | None:
+    """(account id, region) when the image goes to ECR, so callers know which registry to log in to."""
+    host = image_uri.partition("/")[0]
+    match = _ECR_HOST.fullmatch(host)
+    return (match["account"], match["region"]) if match else None
+
+
+_TAG_PLACEHOLDERS = ("sha", "short_sha", "branch", "tag", "pr", "ref_slug")
+_UNSAFE_TAG_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+_UNSAFE_SLUG_CHARS = re.compile(r"[^a-z0-9]+")
+_SLUG_LENGTH = 63
+
+
+def render_image_tag(template: str | None, event: SourceEvent) -> str:
+    """Fill an image-tag template from the event. Values are sanitized so any ref name fits a tag."""
+    if not template:
+        return event.sha
+    hint = "placeholders: " + " ".join(f"{{{name}}}" for name in _TAG_PLACEHOLDERS)
+    values = _placeholder_values(event)
+    out: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:
+        raise InputError("image-tag", "has unbalanced braces", hint=hint) from None
+    for literal, field, spec, conversion in parsed:
+        out.append(literal)
+        if field is None:
+            continue
+        if field not in values or spec or conversion:
+            raise InputError("image-tag", f"unknown placeholder {{{field}}}", hint=hint)
+        value = values[field]
+        if value is None:
+            raise InputError(
+                "image-tag",
+                f"placeholder {{{field}}} has no value for a {event.kind} event",
+                hint="use {ref_slug} or {short_sha}, which always have a value",
+            )
+        out.append(value)
+    rendered = "".join(out)
+    if not _TAG.fullmatch(rendered):
+        raise InputError("image-tag", "does not render to a valid image tag", hint=_TAG_FORM)
+    return rendered
+
+
+def _placeholder_values(event: SourceEvent) -> dict[str, str | None]:
+    def sanitize(value: str | None) -> str | None:
+        return _UNSAFE_TAG_CHARS.sub("-", value) if value else None
+
+    return {
+        "sha": event.sha,
+        "short_sha": event.short_sha,
+        "branch": sanitize(event.branch),
+        "tag": sanitize(event.tag),
+        "pr": str(event.pr_number) if event.pr_number is not None else None,
+        "ref_slug": _ref_slug(event),
+    }
+
+
+def _ref_slug(event: SourceEvent) -> str:
+    """Like GitLab's CI_COMMIT_REF_SLUG: lowercase, [a-z0-9-], at most 63 characters, never empty."""
+    name = event.tag or event.branch or (event.ref.rsplit("/", 1)[-1] if event.ref else "") or event.sha
+    slug = _UNSAFE_SLUG_CHARS.sub("-", name.lower())[:_SLUG_LENGTH].strip("-")
+    return slug or event.short_sha
+
+
+# --- the StartBuild request ------------------------------------------------------------------------
+
+_MIN_TIMEOUT, _MAX_TIMEOUT = 5, 2160  # CodeBuild's BuildTimeOut bounds
+_PROTECTED_KWARGS = frozenset({"projectName", "idempotencyToken"})
+
+
+def packaged_buildspec(name: str) -> str:
+    """The text of a buildspec shipped in bridge/data (read from the installed package, not a path)."""
+    return resources.files("bridge").joinpath("data").joinpath(name).read_text(encoding="utf-8")
+
+
+def source_type_for(event: SourceEvent) -> str:
+    host = (urlsplit(event.server_url).hostname or "").lower()
+    if event.provider == "github":
+        return "GITHUB" if host == "github.com" else "GITHUB_ENTERPRISE"
+    return "GITLAB" if host == "gitlab.com" else "GITLAB_SELF_MANAGED"
+
+
+def plan_build(
+    event: SourceEvent,
+    options: BuildOptions,
+    *,
+    idempotency_seed: str,
+    context_env: Mapping[str, str] = {},
+) -> BuildRequest:
+    """Build the StartBuild kwargs. The same seed and request always give the same token, so a
+    retried call does not start a second build, while a different request never reuses one."""
+    clone_mode = options.source_mode == "clone"
+    if clone_mode and event.provider != "gitlab":
+        raise ConfigError(
+            "clone mode is for GitLab sources only", key="source_mode", hint="use source_mode = 'native'"
+        )
+
+    kwargs: dict[str, Any] = {"projectName": options.project_name}
+    image_uri: str | None = None
+    # The event's own values win over a context variable of the same name: one entry per name.
+    context = [EnvVar(name, value) for name, value in context_env.items()]
+    bridge_env = list({v.name: v for v in [*context, *_event_env(event)]}.values())
+
+    if options.image_repository:
+        tag = render_image_tag(options.image_tag, event)
+        image_uri = compose_image_uri(options.image_repository, tag)
+        bridge_env += [
+            EnvVar("IMAGE_REPOSITORY", options.image_repository.strip()),
+            EnvVar("IMAGE_TAG", tag),
+            EnvVar("IMAGE_URI", image_uri),
+        ]
+
+    buildspec = options.buildspec or None
+    if clone_mode:
+        bridge_env += _clone_env(event, options)
+        kwargs["sourceTypeOverride"] = "NO_SOURCE"
+        if buildspec is None:
+            if image_uri is None:
+                raise ConfigError(
+                    "clone mode without a buildspec needs an image repository to build",
+                    key="image_repository",
+                    hint="set image_repository, or a buildspec that uses BRIDGE_CLONE_URL/BRIDGE_COMMIT_SHA",
+                )
+            buildspec = packaged_buildspec("buildspec-gitlab-clone.yml")
+    else:
+        kwargs["sourceVersion"] = options.source_version or event.sha
+        kwargs["sourceLocationOverride"] = (
+            options.source_location
+            or event.clone_url
+            or f"{event.server_url.rstrip('/')}/{event.repository}.git"
+        )
+        kwargs["sourceTypeOverride"] = options.source_type or source_type_for(event)
+        if buildspec is None and image_uri is not None:
+            buildspec = packaged_buildspec("buildspec-image.yml")
+
+    env = _merge_env(bridge_env, options.env_vars, include_secrets=options.include_secrets)
+    if env:
+        kwargs["environmentVariablesOverride"] = [
+            {"name": v.name, "value": v.value, "type": v.type} for v in env
+        ]
+    if buildspec is not None:
+        kwargs["buildspecOverride"] = buildspec
+    _add_environment_overrides(kwargs, options, builds_image=image_uri is not None)
+    for key, value in options.extra_overrides.items():
+        if key in _PROTECTED_KWARGS:
+            raise InputError("overrides", f"cannot override {key}", hint="set it through its own option")
+        kwargs[key] = value
+    kwargs["idempotencyToken"] = idempotency_token(idempotency_seed, kwargs)
+    return BuildRequest(start_build_kwargs=kwargs, image_uri=image_uri)
+
+
+def _event_env(event: SourceEvent) -> list[EnvVar]:
+    env = [EnvVar("BRIDGE_REPOSITORY", event.repository), EnvVar("BRIDGE_SHA", event.sha)]
+    if event.ref:
+        env.append(EnvVar("BRIDGE_REF", event.ref))
+    env.append(EnvVar("BRIDGE_EVENT", event.kind))
+    if event.pr_number is not None:
+        env.append(EnvVar("BRIDGE_PR_NUMBER", str(event.pr_number)))
+    return env
+
+
+def _clone_env(event: SourceEvent, options: BuildOptions) -> list[EnvVar]:
+    """The clone token stays even for fork MRs without secrets: it is needed to fetch the commit and
+    the packaged buildspec unsets it before any of the repository's code runs."""
+    if options.source_type not in (None, "NO_SOURCE"):
+        raise ConfigError(
+            f"clone mode builds with NO_SOURCE; source type {options.source_type} contradicts it",
+            key="source_type",
+            hint="remove source_type, or use source_mode = 'native'",
+        )
+    ref = (options.clone_token_ref or "").strip()
+    if not ref:
+        raise ConfigError(
+            "clone mode needs a clone token held in Secrets Manager",
+            key="clone_token",
+            hint="clone_token = 'secretsmanager:NAME_OR_ARN[#json-key]'",
+        )
+    if ref.startswith("env:"):
+        raise ConfigError(
+            "the clone token must be a Secrets Manager reference: CodeBuild would show an env: value in "
+            "PLAINTEXT",
+            key="clone_token",
+            hint="clone_token = 'secretsmanager:NAME_OR_ARN[#json-key]'",
+        )
+    body = ref.removeprefix(_SECRETS_PREFIX)
+    token = secrets_manager_value(body, input_name="clone_token")
+    return [
+        EnvVar("BRIDGE_CLONE_URL", options.source_location or event.clone_url),
+        EnvVar("BRIDGE_COMMIT_SHA", options.source_version or event.sha),
+        EnvVar("BRIDGE_CLONE_TOKEN", token, "SECRETS_MANAGER"),
+    ]
+
+
+def _merge_env(bridge: Iterable[EnvVar], user: Iterable[EnvVar], *, include_secrets: bool) -> list[EnvVar]:
+    merged = list(bridge)
+    owned = {v.name for v in merged}
+    for var in user:
+        if var.name in owned:
+            raise InputError(
+                "env-vars",
+                f"{var.name} is set by bridge and cannot be overridden",
+                hint="rename the variable",
+            )
+        if include_secrets or var.type == "PLAINTEXT":
+            merged.append(var)
+    return merged
+
+
+def _add_environment_overrides(kwargs: dict[str, Any], options: BuildOptions, *, builds_image: bool) -> None:
+    if options.build_image:
+        kwargs["imageOverride"] = options.build_image
+    if options.compute_type:
+        kwargs["computeTypeOverride"] = options.compute_type
+    if options.privileged_mode is not None:
+        kwargs["privilegedModeOverride"] = options.privileged_mode
+    elif builds_image:
+        kwargs["privilegedModeOverride"] = True  # the Docker daemon in CodeBuild needs it
+    if options.timeout_minutes is not None:
+        minutes = options.timeout_minutes
+        if isinstance(minutes, bool) or not _MIN_TIMEOUT <= minutes <= _MAX_TIMEOUT:
+            raise InputError(
+                "timeout-minutes",
+                f"must be between {_MIN_TIMEOUT} and {_MAX_TIMEOUT}",
+                hint="CodeBuild accepts 5 to 2160 minutes (36 hours)",
+            )
+        kwargs["timeoutInMinutesOverride"] = minutes
+
+
+def idempotency_token(seed: str, kwargs: Mapping[str, Any]) -> str:
+    """A UUID-shaped digest of the seed and every other kwarg.
+
+    CodeBuild rejects a reused token with other parameters, so the request itself goes into the hash:
+    two builds planned from one delivery (or one Action job) get different tokens, and a retry of the
+    same request gets the same one. UUID-shaped because that is what the AWS SDKs send, so the length
+    and alphabet are known to be accepted (botocore's model gives no bound).
+    """
+    body = {key: value for key, value in kwargs.items() if key != "idempotencyToken"}
+    try:
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
+        raise InputError(
+            "overrides", "every override must be JSON-compatible", hint="use strings, numbers, lists and maps"
+        ) from None
+    digest = hashlib.sha256(f"{seed}\n{canonical}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16]))
