@@ -1,0 +1,413 @@
+"""Front door 2: the webhook server's HTTP routes.
+
+Each route does the same short, fast thing: read the raw body (bounded), verify it, parse it,
+route it, persist it, answer. Starting the build is the worker's job, so the answer never waits on
+CodeBuild, GitHub or GitLab. The meaning of a delivery lives in events/verify/routing; this module
+only maps their results and errors onto HTTP answers:
+
+  202 accepted for building · 200 understood but not built (ignored / duplicate / pong)
+  401 bad or missing signature or token (also an SNS message from a topic not configured)
+  400 missing header, wrong content type, unparseable body · 405 wrong method · 413 too large
+  503 the store or a secret backend is unavailable (the sender retries; nothing was half-done)
+
+GitLab disables a hook after four failed deliveries, so a verified GitLab delivery is never
+refused for its content: an event or payload bridge does not understand is answered 200 ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from bridge import events, routing, verify
+from bridge.config import Config, Route
+from bridge.errors import (
+    BadRequestError,
+    BridgeError,
+    CredentialsError,
+    PayloadTooLargeError,
+    SecretError,
+    SignatureError,
+)
+from bridge.model import Ignored, SourceEvent
+from bridge.secret import Secret
+from bridge.secrets import SecretRef
+from bridge.services import Services, is_sns_subscribe_url
+from bridge.worker import DETAIL_TYPE, Worker
+
+log = logging.getLogger("bridge.app")
+
+T = TypeVar("T")
+
+# A burst of forged signatures must not turn into a burst of Secrets Manager reads.
+SECRET_REFRESH_MIN_INTERVAL: Final = 10.0
+WORKER_KEY: Final = "bridge.worker"
+
+
+@dataclass
+class _Delivery:
+    """What one request's log line and metrics say about it, filled in as the request is understood."""
+
+    provider: str
+    started: float
+    event: str = ""
+    delivery: str | None = None
+    route: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class _SecretRefresher:
+    """Re-reads a provider's webhook secrets after a signature failure, at most every few seconds."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+
+    def verify(self, name: str, refs: Sequence[SecretRef], check: Callable[[list[Secret]], T]) -> T:
+        secrets = self._services.secrets
+        try:
+            return check(secrets.get_all([str(ref) for ref in refs], key=name))
+        except SignatureError:
+            if not refs or not self._may_refresh(name):
+                raise
+        for ref in refs:
+            secrets.invalidate(ref)
+        return check(secrets.get_all([str(ref) for ref in refs], key=name))
+
+    def _may_refresh(self, name: str) -> bool:
+        now = self._services.monotonic()
+        with self._lock:
+            if now - self._last.get(name, -SECRET_REFRESH_MIN_INTERVAL) < SECRET_REFRESH_MIN_INTERVAL:
+                return False
+            self._last[name] = now
+            return True
+
+
+def create_app(config: Config, services: Services, *, worker: Worker | None = None) -> Flask:
+    """The WSGI app. The worker is created here (not started): `bridge.server` starts it per process."""
+    app = Flask("bridge")
+    # One byte over the limit: werkzeug truncates a body of unknown length (chunked) at this cap
+    # instead of failing, so reading limit + 1 bytes is how an oversized one is told apart.
+    app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes + 1
+    worker = worker if worker is not None else Worker(services)
+    app.extensions[WORKER_KEY] = worker
+    refresher = _SecretRefresher(services)
+    max_body = config.server.max_body_bytes
+
+    # -- helpers bound to this app ------------------------------------------------------------
+
+    def answer(ctx: _Delivery, status: int, body: Mapping[str, Any], outcome: str) -> Response:
+        latency = services.monotonic() - ctx.started
+        services.metrics.delivery(ctx.provider, ctx.event, outcome, latency)
+        log.log(
+            logging.WARNING if status >= 500 else logging.INFO,
+            "delivery",
+            extra={
+                "delivery": ctx.delivery,
+                "provider": ctx.provider,
+                "event": ctx.event or None,
+                "outcome": outcome,
+                "route": ctx.route,
+                "status": status,
+                "latency_ms": round(latency * 1000, 2),
+                **ctx.fields,
+            },
+        )
+        return json_response(status, body)
+
+    def error_answer(ctx: _Delivery, exc: BridgeError) -> Response:
+        status = _http_status(exc)
+        outcome = {401: "unauthorized", 400: "bad_request", 413: "too_large"}.get(status, "error")
+        ctx.fields["error"] = exc.message
+        return answer(ctx, status, {"error": exc.message, "hint": exc.hint}, outcome)
+
+    def guarded(ctx: _Delivery, handle: Callable[[], Response]) -> Response:
+        try:
+            return handle()
+        except BridgeError as exc:
+            return error_answer(ctx, exc)
+        except RequestEntityTooLarge:
+            return error_answer(ctx, _too_large(max_body))
+        except Exception:
+            log.exception("unexpected error handling a delivery", extra={"delivery": ctx.delivery})
+            return answer(ctx, 500, {"error": "internal error", "hint": "see the server log"}, "error")
+
+    def accept(ctx: _Delivery, result: SourceEvent | Ignored, delivery_id: str, event_name: str) -> Response:
+        if isinstance(result, Ignored):
+            return answer(ctx, 200, {"ignored": result.reason}, "ignored")
+        matched: Route | Ignored = routing.match_route(result, config.routes)
+        if isinstance(matched, Ignored):
+            return answer(ctx, 200, {"ignored": matched.reason}, "ignored")
+        ctx.route = matched.name
+        ctx.fields.update(repository=result.repository, sha=result.sha)
+        added = services.store.add_delivery(delivery_id, result.provider, event_name, matched.name, result)
+        if not added:
+            return answer(ctx, 200, {"duplicate": delivery_id}, "duplicate")
+        worker.wake()
+        return answer(ctx, 202, {"delivery": delivery_id, "route": matched.name}, "accepted")
+
+    # -- webhooks -------------------------------------------------------------------------------
+
+    @app.post("/webhooks/github")
+    def github_webhook() -> Response:
+        ctx = _Delivery("github", services.monotonic())
+
+        def handle() -> Response:
+            body = _read_body(max_body)
+            settings = config.github
+            if settings is None:
+                raise SignatureError(
+                    "GitHub deliveries are not configured on this server",
+                    hint="add a [github] section with webhook_secrets, or remove this webhook",
+                )
+            header = request.headers.get("X-Hub-Signature-256")
+            refresher.verify(
+                "github.webhook_secrets",
+                settings.webhook_secrets,
+                lambda secrets: verify.verify_github_signature(body, header, secrets),
+            )
+            ctx.event = _required_header("X-GitHub-Event", "GitHub")
+            ctx.delivery = _required_header("X-GitHub-Delivery", "GitHub")
+            if ctx.event == "ping":
+                return answer(ctx, 200, {"pong": True}, "pong")
+            _require_json_content_type("set the webhook's Content type to application/json")
+            payload = _json_object(body)
+            result = events.from_github(ctx.event, payload, api_url=settings.api_url)
+            return accept(ctx, result, ctx.delivery, ctx.event)
+
+        return guarded(ctx, handle)
+
+    @app.post("/webhooks/gitlab")
+    def gitlab_webhook() -> Response:
+        ctx = _Delivery("gitlab", services.monotonic())
+
+        def handle() -> Response:
+            body = _read_body(max_body)
+            settings = config.gitlab
+            if settings is None:
+                raise SignatureError(
+                    "GitLab deliveries are not configured on this server",
+                    hint="add a [gitlab] section with webhook_tokens or signing_tokens, or remove the hook",
+                )
+            headers = dict(request.headers.items())
+            signed_id: str | None = None
+            if settings.signing_tokens:
+                signed_id = refresher.verify(
+                    "gitlab.signing_tokens",
+                    settings.signing_tokens,
+                    lambda secrets: verify.verify_standard_webhook(
+                        body, headers, secrets, now=services.clock()
+                    ),
+                )
+            if settings.webhook_tokens or not settings.signing_tokens:
+                token = request.headers.get("X-Gitlab-Token")
+                refresher.verify(
+                    "gitlab.webhook_tokens",
+                    settings.webhook_tokens,
+                    lambda secrets: verify.verify_gitlab_token(token, secrets),
+                )
+            ctx.event = _required_header("X-Gitlab-Event", "GitLab")
+            ctx.delivery = gitlab_delivery_id(headers, signed_id, body)
+            payload = _json_object(body)
+            try:
+                result = events.from_gitlab(ctx.event, payload)
+            except BadRequestError as exc:
+                # Verified, but not in a shape we know: refusing it would count towards disabling the hook.
+                log.warning(
+                    "GitLab payload not understood", extra={"delivery": ctx.delivery, "error": exc.message}
+                )
+                result = Ignored(f"payload not understood: {exc.message}")
+            return accept(ctx, result, ctx.delivery, ctx.event)
+
+        return guarded(ctx, handle)
+
+    # -- EventBridge via SNS --------------------------------------------------------------------
+
+    @app.post("/events/codebuild")
+    def codebuild_events() -> Response:
+        ctx = _Delivery("sns", services.monotonic())
+
+        def handle() -> Response:
+            body = _read_body(max_body)
+            message = _json_object(body)  # SNS posts JSON as text/plain: the content type is not checked
+            try:
+                verify.verify_sns_message(
+                    message,
+                    fetch_certificate=services.fetch_certificate,
+                    allowed_topic_arns=config.sns.topic_arns,
+                )
+            except OSError as exc:
+                log.warning(
+                    "could not fetch the SNS signing certificate", extra={"error": type(exc).__name__}
+                )
+                return answer(
+                    ctx,
+                    503,
+                    {"error": "could not fetch the SNS signing certificate", "hint": "SNS will retry"},
+                    "error",
+                )
+            kind = str(message.get("Type"))
+            ctx.event = kind
+            ctx.delivery = str(message.get("MessageId") or "") or None
+            if kind == "SubscriptionConfirmation":
+                url = str(message.get("SubscribeURL") or "")
+                if not is_sns_subscribe_url(url):
+                    raise BadRequestError(
+                        "SubscribeURL is not an https://sns.<region>.amazonaws.com URL",
+                        hint="only Amazon SNS subscriptions are confirmed",
+                    )
+                services.confirm_subscription(url)
+                return answer(ctx, 200, {"confirmed": message.get("TopicArn")}, "confirmed")
+            if kind != "Notification":
+                return answer(ctx, 200, {"ignored": f"SNS {kind}"}, "ignored")
+            try:
+                envelope = json.loads(str(message.get("Message") or ""))
+            except ValueError:
+                return answer(ctx, 200, {"ignored": "the SNS message is not an EventBridge event"}, "ignored")
+            if not isinstance(envelope, Mapping) or envelope.get("detail-type") != DETAIL_TYPE:
+                return answer(ctx, 200, {"ignored": "not a CodeBuild build state change"}, "ignored")
+            detail = envelope.get("detail")
+            if not isinstance(detail, Mapping):
+                return answer(ctx, 200, {"ignored": "the event has no detail"}, "ignored")
+            updated = worker.handle_codebuild_event(detail)
+            return answer(ctx, 200, {"updated": updated}, "updated" if updated else "unchanged")
+
+        return guarded(ctx, handle)
+
+    # -- operations -----------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return json_response(200, {"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        reasons: list[str] = []
+        try:
+            if not services.store.writable():
+                reasons.append("the store is not writable")
+        except Exception as exc:
+            reasons.append(f"the store is unavailable ({type(exc).__name__})")
+        if worker.started and not worker.running:
+            reasons.append("the background worker has stopped")
+        if reasons:
+            return json_response(503, {"ready": False, "reasons": reasons})
+        return json_response(200, {"ready": True, "routes": len(config.routes)})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body, content_type = services.metrics.render()
+        return Response(body, status=200, content_type=content_type)
+
+    # -- errors outside the webhook handlers (405, 404, oversized bodies rejected by werkzeug) ----
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 413:
+            return json_response(
+                413, {"error": _too_large(max_body).message, "hint": _too_large(max_body).hint}
+            )
+        response = json_response(status, {"error": exc.name, "hint": exc.description or ""})
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(BridgeError)
+    def bridge_error(exc: BridgeError) -> Response:
+        return json_response(_http_status(exc), {"error": exc.message, "hint": exc.hint})
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error", extra={"path": request.path})
+        return json_response(500, {"error": "internal error", "hint": "see the server log"})
+
+    return app
+
+
+# -- request helpers --------------------------------------------------------------------------------
+
+
+def json_response(status: int, body: Mapping[str, Any]) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+def _http_status(exc: BridgeError) -> int:
+    if isinstance(exc, SecretError | CredentialsError):
+        return 503  # our secret backend is unreachable or misconfigured: the sender should retry later
+    return exc.http_status
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"request body is larger than {limit} bytes",
+        hint="raise server.max_body_bytes if such payloads are expected",
+    )
+
+
+def _read_body(limit: int) -> bytes:
+    """The raw bytes, bounded twice: by the declared length, and by what is actually read."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    body = request.get_data(cache=True)  # capped at MAX_CONTENT_LENGTH = limit + 1
+    if len(body) > limit:
+        raise _too_large(limit)
+    return body
+
+
+def _required_header(name: str, provider: str) -> str:
+    value = request.headers.get(name, "").strip()
+    if not value:
+        raise BadRequestError(
+            f"missing {name} header", hint=f"send the delivery as {provider} does, with its {name} header"
+        )
+    return value
+
+
+def _require_json_content_type(hint: str) -> None:
+    if request.mimetype != "application/json":
+        raise BadRequestError(
+            f"Content-Type must be application/json, got {request.mimetype or 'none'!r}", hint=hint
+        )
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequestError(
+            "request body is not valid JSON", hint="send the payload as a JSON object"
+        ) from None
+    if not isinstance(payload, dict):
+        raise BadRequestError(
+            f"request body must be a JSON object, got {type(payload).__name__}",
+            hint="send the payload as a JSON object",
+        )
+    return payload
+
+
+def gitlab_delivery_id(headers: Mapping[str, str], signed_id: str | None, body: bytes) -> str:
+    """GitLab's retries repeat `Idempotency-Key`; the signing token's `webhook-id` and the event UUID
+    identify one delivery too. With none of them, the body itself is the identity (same body, same build).
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    candidates = (
+        lowered.get("idempotency-key"),
+        signed_id,
+        lowered.get("webhook-id"),
+        lowered.get("x-gitlab-event-uuid"),
+    )
+    for value in candidates:
+        if value and value.strip():
+            return value.strip()
+    return "body-" + hashlib.sha256(body).hexdigest()[:32]

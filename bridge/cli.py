@@ -1,0 +1,187 @@
+"""`bridge serve | plan | check-config` (also installed as `codebuild-bridge`; `python -m bridge` works too).
+
+Every BridgeError ends here as its message and fix-it hint on stderr and its exit code
+(2 for bad input or config, 3 for missing credentials or secrets, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from bridge.errors import BridgeError, ConfigError, InputError
+
+DEFAULT_CONFIG: Final = "bridge.toml"
+CONFIG_ENV: Final = "BRIDGE_CONFIG"
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8080
+PLAN_DELIVERY_ID: Final = "plan"
+
+
+def _config_path(value: str | None) -> Path:
+    return Path(value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def _require_config_file(path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path} not found",
+            hint="copy examples/bridge.toml to ./bridge.toml and edit it, or pass --config FILE "
+            f"(or set {CONFIG_ENV})",
+        )
+
+
+# -- serve ----------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bridge.config import load_config
+    from bridge.logs import configure_json_logging
+
+    path = _config_path(args.config)
+    _require_config_file(path)
+    config = load_config(path)
+    configure_json_logging(os.environ.get("BRIDGE_LOG_LEVEL", "INFO"))
+
+    from bridge import server
+
+    def app_factory() -> Any:
+        from bridge.app import create_app
+        from bridge.services import build_services
+
+        return create_app(config, build_services(config))
+
+    threads = args.threads if args.threads is not None else config.server.threads
+    server.run(app_factory, host=args.host, port=args.port, threads=threads)
+    return 0
+
+
+# -- plan -----------------------------------------------------------------------------------------
+
+
+def _plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bridge import events, routing
+    from bridge.config import load_config
+    from bridge.model import Ignored
+    from bridge.plan import plan_build
+    from bridge.worker import idempotency_seed
+
+    path = _config_path(args.config)
+    _require_config_file(path)
+    config = load_config(path)
+    try:
+        payload = json.loads(Path(args.payload).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(
+            "--payload", f"cannot read {args.payload}: {exc.strerror}", hint="pass a JSON file"
+        ) from None
+    except ValueError:
+        raise InputError(
+            "--payload", f"{args.payload} is not valid JSON", hint="pass the webhook body as saved"
+        ) from None
+    if not isinstance(payload, dict):
+        raise InputError("--payload", "must hold a JSON object", hint="pass the webhook body as saved")
+
+    if args.provider == "github":
+        api_url = config.github.api_url if config.github is not None else None
+        result = events.from_github(args.event, payload, api_url=api_url)
+    else:
+        result = events.from_gitlab(args.event, payload)
+    if not isinstance(result, Ignored):
+        matched = routing.match_route(result, config.routes)
+        if isinstance(matched, Ignored):
+            result = matched
+        else:
+            request = plan_build(
+                result,
+                routing.build_options(matched, result),
+                idempotency_seed=idempotency_seed(args.delivery_id, matched.name),
+            )
+            print(f"route: {matched.name}", file=err)
+            if request.image_uri:
+                print(f"image: {request.image_uri}", file=err)
+            # The JSON is exactly StartBuild's input: `aws codebuild start-build --cli-input-json` takes it.
+            json.dump(dict(request.start_build_kwargs), out, indent=2, sort_keys=True)
+            out.write("\n")
+            return 0
+    json.dump({"ignored": result.reason}, out, indent=2)
+    out.write("\n")
+    return 0
+
+
+# -- check-config ---------------------------------------------------------------------------------
+
+
+def _check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bridge.config import InvalidConfigError, load_config
+
+    try:
+        config = load_config(args.file)
+    except InvalidConfigError as exc:
+        print(f"{args.file}: {len(exc.errors)} error{'' if len(exc.errors) == 1 else 's'}", file=err)
+        for error in exc.errors:
+            print(f"error: {error.message}", file=err)
+            if error.hint:
+                print(f"  hint: {error.hint}", file=err)
+        return exc.exit_code
+    count = len(config.routes)
+    print(f"ok: {count} route{'' if count == 1 else 's'}", file=out)
+    return 0
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridge", description="Container builds on AWS CodeBuild for GitHub and GitLab webhooks."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the webhook server (gunicorn, SQLite state)")
+    serve.add_argument("--config", help=f"routing file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    serve.add_argument("--threads", type=int, help="request threads (default: server.threads in the config)")
+
+    plan = commands.add_parser("plan", help="print the StartBuild request a webhook payload would make")
+    plan.add_argument("--config", help=f"routing file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")
+    plan.add_argument("--provider", required=True, choices=("github", "gitlab"))
+    plan.add_argument("--event", required=True, help="X-GitHub-Event or X-Gitlab-Event value, e.g. push")
+    plan.add_argument("--payload", required=True, help="file holding the webhook's JSON body")
+    plan.add_argument(
+        "--delivery-id",
+        default=PLAN_DELIVERY_ID,
+        help="delivery id the idempotency token is derived from (default: %(default)s)",
+    )
+
+    check = commands.add_parser("check-config", help="validate a routing file")
+    check.add_argument("file", help="the routing file to check")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    out, err = sys.stdout, sys.stderr
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "plan":
+            return _plan(args, out, err)
+        return _check_config(args, out, err)
+    except BridgeError as exc:
+        print(f"error: {exc.message}", file=err)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=err)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""`bridge serve`: gunicorn embedded in-process, one worker process with threads.
+
+Why exactly one worker process: the default store is a SQLite file, and the background worker that
+starts and tracks builds must run once, next to the only writer. Threads (gthread) give the
+concurrency a webhook endpoint needs, since each request is short and mostly waits on the disk.
+Several replicas need a shared store (DynamoDB/SQS), not more processes here.
+
+The app is loaded in the worker process (no preload), so the SQLite connection and the background
+thread are created after the fork; the thread starts in `post_worker_init` and is stopped in
+`worker_exit`, which gunicorn runs on SIGTERM after in-flight requests finish (graceful timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+from gunicorn.glogging import Logger as GunicornLogger  # type: ignore[import-untyped]
+
+from bridge.logs import JsonFormatter
+
+log = logging.getLogger("bridge.server")
+
+GRACEFUL_TIMEOUT_SECONDS: Final = 30
+WORKER_KEY: Final = "bridge.worker"  # where create_app keeps the worker (app.extensions)
+
+
+class JsonLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no type hints
+    """gunicorn's own log lines and the access log, as one JSON object a line like everything else."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                handler.setFormatter(JsonFormatter())
+
+    def access(self, resp: Any, req: Any, environ: Mapping[str, Any], request_time: Any) -> None:
+        if not self.access_log_enabled:
+            return
+        status = getattr(resp, "status_code", None) or str(getattr(resp, "status", "")).split(" ", 1)[0]
+        self.access_log.info(
+            "access",
+            extra={
+                "remote": environ.get("REMOTE_ADDR"),
+                "method": environ.get("REQUEST_METHOD"),
+                "path": environ.get("PATH_INFO"),  # no query string: it is nobody's business here
+                "status": int(status) if str(status).isdigit() else status,
+                "bytes": getattr(resp, "sent", None),
+                "duration_ms": round(request_time.total_seconds() * 1000, 2),
+            },
+        )
+
+
+def _start_worker(gunicorn_worker: Any) -> None:
+    app = gunicorn_worker.wsgi
+    bridge_worker = app.extensions.get(WORKER_KEY) if isinstance(app, Flask) else None
+    if bridge_worker is not None:
+        bridge_worker.start()
+
+
+def _stop_worker(_arbiter: Any, gunicorn_worker: Any) -> None:
+    app = getattr(gunicorn_worker, "wsgi", None)
+    bridge_worker = app.extensions.get(WORKER_KEY) if isinstance(app, Flask) else None
+    if bridge_worker is not None:
+        bridge_worker.stop(timeout=GRACEFUL_TIMEOUT_SECONDS)
+
+
+class BridgeServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
+    def __init__(self, app_factory: Callable[[], Flask], options: Mapping[str, Any]) -> None:
+        self._app_factory = app_factory
+        self._options = dict(options)
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return self._app_factory()
+
+
+def server_options(*, host: str, port: int, threads: int) -> dict[str, Any]:
+    return {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": 1,  # see the module docstring: one writer of the SQLite store
+        "worker_class": "gthread",
+        "threads": threads,
+        "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
+        "timeout": 60,
+        "keepalive": 5,
+        "preload_app": False,
+        "accesslog": "-",
+        "errorlog": "-",
+        "logger_class": JsonLogger,
+        "post_worker_init": _start_worker,
+        "worker_exit": _stop_worker,
+        "proc_name": "bridge",
+        # gunicorn 23+ opens a control socket in ~/.gunicorn; bridge needs none, and two servers
+        # on one host (or a read-only home) must not collide over it.
+        "control_socket_disable": True,
+    }
+
+
+def run(app_factory: Callable[[], Flask], *, host: str, port: int, threads: int) -> None:
+    """Serve until SIGTERM/SIGINT; returns after a graceful shutdown."""
+    BridgeServer(app_factory, server_options(host=host, port=port, threads=threads)).run()

@@ -1,0 +1,315 @@
+"""The collaborators the webhook app and its worker use, and `build_services` that wires the real ones.
+
+Everything the server touches outside its own process is a field here, so a test builds a
+`Services` from real clients pointed at local servers (moto, the CodeBuild double, fake GitHub and
+GitLab APIs) instead of patching anything. The real wiring is lazy: no boto3 client, GitHub or GitLab
+client is created before the first delivery needs it, so `bridge serve` starts with no AWS account,
+no credentials and no network, as the README's first command does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol
+from urllib.parse import urlsplit
+
+from bridge import routing
+from bridge.config import Config, Route
+from bridge.errors import ConfigError, SignatureError
+from bridge.metrics import Metrics
+from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, SourceEvent
+from bridge.secrets import SecretStore
+from bridge.store import Store
+from bridge.verify import CertificateCache, is_allowed_sns_certificate_url
+
+if TYPE_CHECKING:
+    import github
+    import gitlab
+
+    from bridge.builders.base import Builder, LogTail
+    from bridge.builders.codebuild import CodeBuildBuilder
+
+log = logging.getLogger("bridge.services")
+
+HTTP_TIMEOUT_SECONDS: Final = 10
+MAX_CERTIFICATE_BYTES: Final = 64 * 1024
+_SNS_HOST: Final = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+
+
+class StatusReporter(Protocol):
+    """One build's status on one commit, whatever the provider. `ref` is what update needs later."""
+
+    def start(self, status: BuildStatus) -> str | None: ...
+
+    def update(self, ref: str, status: BuildStatus) -> str | None: ...
+
+
+ReporterFactory = Callable[[SourceEvent, Route], "StatusReporter | None"]
+
+
+@dataclass
+class Services:
+    config: Config
+    store: Store
+    secrets: SecretStore
+    builder: Builder
+    reporters: ReporterFactory
+    region: str  # for console links when a record carries no ARN
+    fetch_certificate: Callable[[str], bytes]  # SNS SigningCertURL → PEM (only pinned URLs reach it)
+    confirm_subscription: Callable[[str], None]  # GET an SNS SubscribeURL (only pinned URLs reach it)
+    metrics: Metrics = field(default_factory=Metrics)
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+
+    @property
+    def poll_interval(self) -> float:
+        return float(self.config.server.poll_interval_seconds)
+
+    def route(self, name: str) -> Route:
+        for route in self.config.routes:
+            if route.name == name:
+                return route
+        raise ConfigError(
+            f"route '{name}' is no longer in the config",
+            key="routes",
+            hint="the delivery was accepted under a route since removed; re-send it after fixing the config",
+        )
+
+    def build_options(self, route: Route, event: SourceEvent) -> BuildOptions:
+        return routing.build_options(route, event)
+
+    def reporter_for(self, event: SourceEvent, route_name: str) -> StatusReporter | None:
+        return self.reporters(event, self.route(route_name))
+
+
+# -- reporters ------------------------------------------------------------------------------------
+
+
+class CheckRunStatus:
+    """GitHub App: one check run per build (the ref is its id)."""
+
+    def __init__(self, reporter: Any, event: SourceEvent) -> None:
+        self._reporter = reporter
+        self._event = event
+
+    def start(self, status: BuildStatus) -> str | None:
+        return str(self._reporter.start(self._event, status, status.console_url or None))
+
+    def update(self, ref: str, status: BuildStatus) -> str | None:
+        self._reporter.update(int(ref), status, self._event)
+        return ref
+
+
+class GitLabStatus:
+    """GitLab commit statuses: addressed by commit and name, so no ref is needed (one is kept anyway)."""
+
+    def __init__(self, post: Callable[[BuildStatus], None]) -> None:
+        self._post = post
+
+    def start(self, status: BuildStatus) -> str | None:
+        self._post(status)
+        return "gitlab"
+
+    def update(self, ref: str, status: BuildStatus) -> str | None:
+        self._post(status)
+        return ref
+
+
+class ProviderReporters:
+    """Makes the reporter for an event, caching one API client per credential.
+
+    GitHub App clients are kept per installation: PyGithub's AppAuth then reuses the installation
+    token for its hour instead of minting one per status. A rejected GitLab token is re-read from
+    the secret store once (rotation) before the error surfaces.
+    """
+
+    def __init__(self, config: Config, secrets: SecretStore) -> None:
+        self._config = config
+        self._secrets = secrets
+        self._lock = threading.Lock()
+        self._github: dict[object, github.Github] = {}
+        self._gitlab: gitlab.Gitlab | None = None
+
+    def __call__(self, event: SourceEvent, route: Route) -> StatusReporter | None:
+        if event.provider == "github":
+            return self._github_reporter(event, route)
+        return self._gitlab_reporter(event, route)
+
+    def _github_reporter(self, event: SourceEvent, route: Route) -> StatusReporter | None:
+        from bridge.reporters.github import CheckRunReporter, CommitStatusReporter, github_client
+
+        settings = self._config.github
+        if settings is None:
+            return None
+        if settings.app_id is not None and settings.private_key is not None:
+            cache_key: object = ("app", event.installation_id or event.repository)
+            with self._lock:
+                gh = self._github.get(cache_key)
+                if gh is None:
+                    gh = github_client(
+                        settings.api_url,
+                        app_id=settings.app_id,
+                        private_key=self._secrets.get(settings.private_key, key="github.private_key"),
+                        installation_id=event.installation_id,
+                        repository=event.repository,
+                    )
+                    self._github[cache_key] = gh
+            return CheckRunStatus(CheckRunReporter(gh, event.repository, name=route.context), event)
+        if settings.token is not None:
+            with self._lock:
+                gh = self._github.get("token")
+                if gh is None:
+                    gh = github_client(
+                        settings.api_url, self._secrets.get(settings.token, key="github.token")
+                    )
+                    self._github["token"] = gh
+            return CheckRunStatus(CommitStatusReporter(gh, event.repository, context=route.context), event)
+        log.warning(
+            "no GitHub credentials configured; statuses are not reported", extra={"route": route.name}
+        )
+        return None
+
+    def _gitlab_reporter(self, event: SourceEvent, route: Route) -> StatusReporter | None:
+        from bridge.reporters.gitlab import GitLabStatusReporter, gitlab_client, is_auth_failure
+
+        settings = self._config.gitlab
+        if settings is None:
+            return None
+        token_ref = settings.token
+
+        def post_with(token: Any, status: BuildStatus) -> None:
+            with self._lock:
+                if self._gitlab is None:
+                    self._gitlab = gitlab_client(settings.url, token)
+                gl = self._gitlab
+            try:
+                GitLabStatusReporter(gl, name=route.context).report(event, status)
+            except Exception as exc:
+                if is_auth_failure(exc):
+                    with self._lock:
+                        self._gitlab = None  # the next client is built from the re-read token
+                raise
+
+        def post(status: BuildStatus) -> None:
+            self._secrets.with_refresh(
+                token_ref,
+                lambda token: post_with(token, status),
+                is_auth_failure=is_auth_failure,
+                key="gitlab.token",
+            )
+
+        return GitLabStatus(post)
+
+
+# -- the builder, created on first use ---------------------------------------------------------------
+
+
+class LazyCodeBuild:
+    """A CodeBuild builder whose boto3 clients are made on first use (start-up needs no AWS)."""
+
+    name = "codebuild"
+
+    def __init__(self, region: str | None) -> None:
+        self._region = region
+        self._lock = threading.Lock()
+        self._builder: CodeBuildBuilder | None = None
+
+    def _get(self) -> CodeBuildBuilder:
+        with self._lock:
+            if self._builder is None:
+                from bridge import aws
+                from bridge.builders.codebuild import CodeBuildBuilder
+
+                self._builder = CodeBuildBuilder(
+                    aws.client("codebuild", region=self._region), aws.client("logs", region=self._region)
+                )
+            return self._builder
+
+    def start(self, request: BuildRequest) -> BuildRecord:
+        return self._get().start(request)
+
+    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
+        return self._get().get_many(build_ids)
+
+    def stop(self, build_id: str) -> BuildRecord:
+        return self._get().stop(build_id)
+
+    def log_tail(self, build: BuildRecord) -> LogTail:
+        return self._get().log_tail(build)
+
+
+# -- SNS HTTPS calls -------------------------------------------------------------------------------
+
+
+def is_sns_subscribe_url(url: str) -> bool:
+    """Only https://sns.<region>.amazonaws.com[.cn]/... : the URL comes from the message itself."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return (
+        parts.scheme == "https"
+        and _SNS_HOST.fullmatch(parts.netloc) is not None  # no userinfo, no port
+        and not any(ch.isspace() or ch == "\\" for ch in url)
+    )
+
+
+def fetch_sns_certificate(url: str) -> bytes:
+    """Download a signing certificate; refuses anything but the pinned SNS certificate URLs."""
+    if not is_allowed_sns_certificate_url(url):
+        raise SignatureError("SNS SigningCertURL is not an Amazon SNS certificate URL")
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_SECONDS) as response:  # noqa: S310 - pinned https
+        return bytes(response.read(MAX_CERTIFICATE_BYTES))
+
+
+def confirm_sns_subscription(url: str) -> None:
+    """Visit a SubscribeURL, which is how an HTTPS endpoint accepts an SNS subscription."""
+    if not is_sns_subscribe_url(url):
+        raise SignatureError("SNS SubscribeURL is not an Amazon SNS URL")
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_SECONDS) as response:  # noqa: S310 - pinned https
+        response.read(MAX_CERTIFICATE_BYTES)
+
+
+# -- wiring --------------------------------------------------------------------------------------------
+
+
+def default_region(config: Config) -> str:
+    return (
+        config.aws.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1"
+    )
+
+
+def secretsmanager_factory(region: str | None) -> Callable[[], Any]:
+    def make() -> Any:
+        from bridge import aws
+
+        return aws.client("secretsmanager", region=region)
+
+    return make
+
+
+def build_services(config: Config, *, store: Store | None = None) -> Services:
+    """The real collaborators. Nothing here opens a network connection."""
+    secrets = SecretStore(secretsmanager_factory(config.aws.region))
+    services = Services(
+        config=config,
+        store=store if store is not None else Store(config.server.state_path),
+        secrets=secrets,
+        builder=LazyCodeBuild(config.aws.region),
+        reporters=ProviderReporters(config, secrets),
+        region=default_region(config),
+        fetch_certificate=CertificateCache(fetch_sns_certificate),
+        confirm_subscription=confirm_sns_subscription,
+    )
+    services.metrics.watch_store(services.store.counts)
+    return services

@@ -1,0 +1,454 @@
+"""The webhook server's background half: start accepted deliveries, follow their builds, report.
+
+One worker thread per server process. The request threads only verify, persist and answer; this
+thread does everything slow, so an outage of CodeBuild, GitHub or GitLab never slows an ack.
+
+Exactly-once, step by step:
+- A delivery is persisted once (the store refuses a second copy of its id) and claimed with a lease.
+- StartBuild carries an idempotency token derived from `delivery/<id>/<route>` and the request, so a
+  crash between StartBuild and `mark_started` is harmless: the re-claimed delivery calls StartBuild
+  again within CodeBuild's 5-minute token window and gets the same build back.
+- Once `mark_started` records the build, the delivery is never started again; from then on only its
+  build is tracked. The first status is posted after that, and a status that could not be posted is
+  posted by the tracker later (a report is never the reason to start a build twice).
+- Build states come from two paths, the batched poll and EventBridge events via SNS. Either alone
+  finishes every status; both together change nothing twice, because a state is reported only when
+  it differs from the last reported one and never moves backwards.
+
+With SQLite the store lives in one file that one process may write, which is why `bridge serve`
+runs a single gunicorn worker process with threads: one process, one worker thread, one writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from bridge.errors import BridgeError, BuilderError, CredentialsError, SecretError
+from bridge.model import BuildRecord, BuildStatus, SourceEvent
+from bridge.plan import plan_build
+from bridge.poll import Backoff
+from bridge.services import Services, StatusReporter
+from bridge.status import build_status
+from bridge.store import PendingDelivery
+
+log = logging.getLogger("bridge.worker")
+
+DETAIL_TYPE: Final = "CodeBuild Build State Change"
+MAX_ATTEMPTS: Final = 8  # ~ 4 minutes of back-off in total, inside the 5-minute idempotency window
+RETRY_BASE_SECONDS: Final = 2.0
+RETRY_CAP_SECONDS: Final = 120.0
+CLAIM_BATCH: Final = 10
+DEFAULT_LEASE_SECONDS: Final = 60
+_STATE_RANK: Final = {"queued": 0, "in_progress": 1, "completed": 2}
+
+
+def idempotency_seed(delivery_id: str, route_name: str) -> str:
+    """The same delivery on the same route always plans the same token; anything else never does."""
+    return f"delivery/{delivery_id}/{route_name}"
+
+
+def state_key(status: BuildStatus) -> str:
+    """What the reporters show: a change of any part is worth a new report, nothing else is."""
+    return f"{status.state}|{status.build_status}|{status.current_phase or ''}"
+
+
+def _rank(key: str | None) -> int:
+    if not key:
+        return -1
+    return _STATE_RANK.get(key.split("|", 1)[0], -1)
+
+
+def retry_delay(attempt: int, *, rand: Callable[[], float] = random.random) -> float:
+    """Exponential back-off with jitter: 2, 4, 8, ... seconds, capped, shortened by up to a quarter."""
+    delay: float = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2.0 ** max(0, attempt - 1))
+    return delay * (1 - 0.25 * rand())
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Throttling, outages and unreachable secrets pass; bad requests and bad config do not."""
+    if isinstance(exc, SecretError | CredentialsError):
+        return True  # often transient (network, an IAM change rolling out); bounded by MAX_ATTEMPTS
+    if isinstance(exc, BridgeError):
+        return bool(getattr(exc, "retryable", False))
+    return True  # an unexpected error: try again, bounded, and log it loudly
+
+
+def build_id_of(arn_or_id: str) -> str:
+    """EventBridge names builds by ARN (…:build/project:uuid); the store keys them by id (project:uuid)."""
+    _, sep, rest = arn_or_id.partition(":build/")
+    return rest if sep else arn_or_id
+
+
+def record_from_event(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """An EventBridge "CodeBuild Build State Change" detail → the BatchGetBuilds record shape.
+
+    status.py reads one shape; the event's kebab-case fields map one to one onto the record's.
+    """
+    info = detail.get("additional-information")
+    info = info if isinstance(info, Mapping) else {}
+    arn = str(detail.get("build-id") or "")
+    record: dict[str, Any] = {
+        "id": build_id_of(arn),
+        "arn": arn,
+        "projectName": detail.get("project-name"),
+        "buildStatus": detail.get("build-status"),
+        "currentPhase": detail.get("current-phase"),
+    }
+    mapping = {
+        "build-complete": "buildComplete",
+        "build-number": "buildNumber",
+        "build-start-time": "startTime",
+        "initiator": "initiator",
+        "source-version": "sourceVersion",
+    }
+    for source, target in mapping.items():
+        if source in info:
+            record[target] = info[source]
+    logs = info.get("logs")
+    if isinstance(logs, Mapping):
+        record["logs"] = {
+            "groupName": logs.get("group-name"),
+            "streamName": logs.get("stream-name"),
+            "deepLink": logs.get("deep-link"),
+        }
+    phases = info.get("phases")
+    if isinstance(phases, Sequence) and not isinstance(phases, str):
+        record["phases"] = [
+            {
+                "phaseType": phase.get("phase-type"),
+                "phaseStatus": phase.get("phase-status"),
+                "startTime": phase.get("start-time"),
+                "endTime": phase.get("end-time"),
+                "durationInSeconds": phase.get("duration-in-seconds"),
+                "contexts": phase.get("phase-context"),
+            }
+            for phase in phases
+            if isinstance(phase, Mapping)
+        ]
+    exported = info.get("exported-environment-variables")
+    if isinstance(exported, Sequence) and not isinstance(exported, str):
+        record["exportedEnvironmentVariables"] = [
+            {"name": item.get("name"), "value": item.get("value")}
+            for item in exported
+            if isinstance(item, Mapping)
+        ]
+    return record
+
+
+def failure_status(message: str) -> BuildStatus:
+    """What the commit shows when a build could not even start (bad route, refused request)."""
+    title = f"Build not started: {message}"
+    return BuildStatus(
+        build_id="",
+        build_number=None,
+        build_status="FAULT",
+        state="completed",
+        conclusion="failure",
+        title=title[:255],
+        summary=f"### Build not started\n\n{message}\n",
+        phases=(),
+        current_phase=None,
+        console_url="",
+    )
+
+
+def region_of_build(record: BuildRecord, default: str) -> str:
+    arn = str(record.get("arn") or "")
+    parts = arn.split(":")
+    return parts[3] if len(parts) > 4 and parts[3] else default
+
+
+@dataclass
+class _Tick:
+    started: int = 0
+    failed: int = 0
+    retried: int = 0
+
+
+class Worker:
+    """Drains pending deliveries and tracks builds; `run_once` is the whole cycle, for tests and the loop."""
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        poll_interval: float | None = None,
+        lease_seconds: int = DEFAULT_LEASE_SECONDS,
+        max_attempts: int = MAX_ATTEMPTS,
+        sleep_rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._services = services
+        interval = poll_interval if poll_interval is not None else services.poll_interval
+        self._backoff = Backoff(interval, cap=max(interval * 8, 60.0))
+        self._lease_seconds = lease_seconds
+        self._max_attempts = max_attempts
+        self._rand = sleep_rand
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.RLock()  # one build is updated by one path at a time (poll vs event)
+        self._thread: threading.Thread | None = None
+        self._next_poll = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="bridge-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the current step (everything it did is already persisted), then return."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def wake(self) -> None:
+        """A delivery was accepted: start it now instead of at the next poll."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        log.info("worker started", extra={"poll_interval_seconds": self._backoff.base})
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.drain_pending()
+                if self._services.monotonic() >= self._next_poll:
+                    self.track_builds()
+                    self._next_poll = self._services.monotonic() + self._backoff.delay()
+            except Exception:
+                # The loop must survive anything (a locked database, a bug in one record).
+                log.exception("worker cycle failed; continuing at the next interval")
+                self._services.metrics.worker_errors.labels(stage="cycle", retryable="true").inc()
+                self._next_poll = self._services.monotonic() + self._backoff.delay()
+            wait = max(0.05, min(self._backoff.interval, self._next_poll - self._services.monotonic()))
+            self._wake.wait(wait)
+        log.info("worker stopped")
+
+    def run_once(self) -> None:
+        """One full cycle: start what is pending, then one batched poll of every active build."""
+        self.drain_pending()
+        self.track_builds()
+
+    # -- (a) pending deliveries → builds -------------------------------------------------------
+
+    def drain_pending(self) -> int:
+        """Start every claimable delivery; returns how many builds started."""
+        started = 0
+        while not self._stop.is_set():
+            batch = self._services.store.claim_pending(CLAIM_BATCH, lease_seconds=self._lease_seconds)
+            if not batch:
+                break
+            for pending in batch:
+                if self._start_one(pending):
+                    started += 1
+                if self._stop.is_set():
+                    break
+            if len(batch) < CLAIM_BATCH:
+                break
+        return started
+
+    def _start_one(self, pending: PendingDelivery) -> bool:
+        services = self._services
+        delivery_id, route_name, event = pending.delivery_id, pending.route_name, pending.event
+        attempts = pending.attempts  # already counts this claim
+        extra = {
+            "delivery": delivery_id,
+            "route": route_name,
+            "repository": event.repository,
+            "sha": event.sha,
+        }
+        try:
+            route = services.route(route_name)
+            request = plan_build(
+                event,
+                services.build_options(route, event),
+                idempotency_seed=idempotency_seed(delivery_id, route_name),
+            )
+            record = services.builder.start(request)
+        except Exception as exc:
+            retryable = is_retryable(exc)
+            services.metrics.worker_errors.labels(stage="start", retryable=str(retryable).lower()).inc()
+            message = _describe(exc)
+            if retryable and attempts < self._max_attempts:
+                delay = retry_delay(attempts, rand=self._rand)
+                log.warning(
+                    "build start failed; will retry",
+                    extra={
+                        **extra,
+                        "error": message,
+                        "attempt": attempts,
+                        "retry_in_seconds": round(delay, 1),
+                    },
+                )
+                services.store.mark_retry(delivery_id, message, delay)
+                return False
+            log.exception(
+                "build start failed for good", extra={**extra, "error": message, "attempt": attempts}
+            )
+            services.store.mark_failed(delivery_id, message)
+            self._report_failure(event, route_name, message)
+            return False
+
+        build_id = str(record.get("id") or "")
+        status = build_status(record, region=region_of_build(record, services.region))
+        # Persist first: from here on this delivery can never start a second build.
+        services.store.mark_started(delivery_id, build_id)
+        services.metrics.builds.labels(status="STARTED").inc()
+        log.info("build started", extra={**extra, "build_id": build_id})
+        with self._lock:
+            self._report(build_id, event, route_name, status, reporter_ref=None, last_key=None)
+        return True
+
+    def _report_failure(self, event: SourceEvent, route_name: str, message: str) -> None:
+        try:
+            reporter = self._services.reporter_for(event, route_name)
+            if reporter is not None:
+                reporter.start(failure_status(message))
+        except Exception as exc:
+            log.warning(
+                "could not report the failed start",
+                extra={"route": route_name, "sha": event.sha, "error": _describe(exc)},
+            )
+
+    # -- (b) tracking ----------------------------------------------------------------------------
+
+    def track_builds(self) -> int:
+        """ONE batched read (the builder chunks by 100) for every active build; returns builds updated."""
+        active = self._services.store.active_builds()
+        if not active:
+            self._backoff.success()
+            return 0
+        try:
+            records = self._services.builder.get_many([build.build_id for build in active])
+        except BuilderError as exc:
+            self._services.metrics.worker_errors.labels(
+                stage="poll", retryable=str(exc.retryable).lower()
+            ).inc()
+            self._backoff.failure()
+            log.warning(
+                "polling builds failed; backing off",
+                extra={"error": _describe(exc), "next_interval_seconds": self._backoff.interval},
+            )
+            return 0
+        self._backoff.success()
+        updated = 0
+        for build in active:
+            record = records.get(build.build_id)
+            if record is not None and self.apply_record(record):
+                updated += 1
+        return updated
+
+    def apply_record(self, record: BuildRecord) -> bool:
+        """Report a build's new state if it is new; True when something was reported."""
+        build_id = str(record.get("id") or "")
+        with self._lock:
+            tracked = self._services.store.get_build(build_id)
+            if tracked is None or tracked.done:
+                return False
+            status = build_status(record, region=region_of_build(record, self._services.region))
+            last_key: str | None = tracked.last_reported_state
+            key = state_key(status)
+            if key == last_key or _rank(key) < _rank(last_key):
+                return False  # nothing new, or an older state arriving late
+            return self._report(
+                build_id,
+                tracked.event,
+                tracked.route_name,
+                status,
+                reporter_ref=tracked.reporter_ref,
+                last_key=last_key,
+            )
+
+    def _report(
+        self,
+        build_id: str,
+        event: SourceEvent,
+        route_name: str,
+        status: BuildStatus,
+        *,
+        reporter_ref: str | None,
+        last_key: str | None,
+    ) -> bool:
+        """Post `status`, then persist what was posted. Called with the lock held."""
+        services = self._services
+        extra = {
+            "build_id": build_id,
+            "route": route_name,
+            "state": status.state,
+            "status": status.build_status,
+        }
+        try:
+            reporter = services.reporter_for(event, route_name)
+            if reporter is not None:
+                reporter_ref = _post(reporter, reporter_ref, status)
+        except Exception as exc:
+            retryable = is_retryable(exc)
+            services.metrics.worker_errors.labels(stage="report", retryable=str(retryable).lower()).inc()
+            if retryable and not status.done:
+                log.warning(
+                    "status report failed; the next poll retries", extra={**extra, "error": _describe(exc)}
+                )
+                services.store.update_build(build_id, last_build_status=status.build_status)
+                return False
+            if retryable:
+                # A final state must reach the commit: keep the build tracked until it does.
+                log.warning(
+                    "final status report failed; will retry", extra={**extra, "error": _describe(exc)}
+                )
+                services.store.update_build(build_id, last_build_status=status.build_status)
+                return False
+            log.exception("status report refused; not retrying", extra={**extra, "error": _describe(exc)})
+        services.store.update_build(
+            build_id,
+            last_build_status=status.build_status,
+            last_reported_state=state_key(status),
+            reporter_ref=reporter_ref,
+            done=status.done or None,
+        )
+        if status.done:
+            services.metrics.builds.labels(status=status.build_status).inc()
+            log.info("build finished", extra=extra)
+        return True
+
+    # -- (c) EventBridge via SNS -------------------------------------------------------------------
+
+    def handle_codebuild_event(self, detail: Mapping[str, Any]) -> bool:
+        """Apply one "CodeBuild Build State Change" detail at once; True when it changed a status.
+
+        Builds bridge did not start (other projects on the same event bus) are ignored.
+        """
+        record = record_from_event(detail)
+        if not record["id"]:
+            return False
+        return self.apply_record(record)
+
+
+def _post(reporter: StatusReporter, reporter_ref: str | None, status: BuildStatus) -> str | None:
+    if reporter_ref is None:
+        return reporter.start(status)
+    return reporter.update(reporter_ref, status)
+
+
+def _describe(exc: BaseException) -> str:
+    """Bridge errors carry safe messages; anything else is named by type only (it might hold a secret)."""
+    if isinstance(exc, BridgeError):
+        return str(exc)
+    return type(exc).__name__
