@@ -1,0 +1,110 @@
+"""Which route builds an event, and with which options. Pure: values in, values out.
+
+Routes are tried in file order and the first that matches wins, so a narrow route placed before a
+broad one carves out an exception. When nothing matches, the answer says why in terms of the config
+file ("branch feature/x not in routes[web].branches"): that reason is what the webhook's 200 answer
+and the logs show, and it is usually all a user needs to fix their config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+
+from bridge.config import Route
+from bridge.model import BuildOptions, Ignored, SourceEvent
+
+__all__ = ["build_options", "glob_match", "match_route"]
+
+# How far an event got into a route before it failed; the deepest failure is the most useful reason.
+_PROVIDER, _REPOSITORY, _EVENT, _REF, _DRAFT, _FORK = range(6)
+
+
+def glob_match(name: str, patterns: Sequence[str], *, ignore_case: bool = False) -> bool:
+    """True if `name` matches any pattern without "!" and none of the "!" patterns.
+
+    fnmatch semantics: `*` matches "/" as well, so `release/*` matches `release/1.x/hotfix`.
+    """
+    if ignore_case:
+        name = name.casefold()
+        patterns = [pattern.casefold() for pattern in patterns]
+    included = any(fnmatchcase(name, p) for p in patterns if not p.startswith("!"))
+    return included and not any(fnmatchcase(name, p[1:]) for p in patterns if p.startswith("!"))
+
+
+def _change_name(event: SourceEvent) -> str:
+    return "merge request" if event.provider == "gitlab" else "pull request"
+
+
+def _failure(route: Route, event: SourceEvent) -> tuple[int, str] | None:
+    """None if `route` builds `event`, else how far it got and why it stopped."""
+    label = f"routes[{route.name}]"
+    if route.provider != event.provider:
+        return _PROVIDER, ""
+    # GitHub and GitLab both treat owner/project names case-insensitively.
+    if not glob_match(event.repository, route.repositories, ignore_case=True):
+        return _REPOSITORY, ""
+    if event.kind not in route.events:
+        return _EVENT, f"{event.kind} events are not in {label}.events"
+    change = event.kind in ("pull_request", "merge_request")
+    if event.kind in ("push", "manual"):
+        if event.branch is None:
+            return _REF, f"the {event.kind} event names no branch"
+        if not glob_match(event.branch, route.branches):
+            return _REF, f"branch {event.branch} not in {label}.branches"
+    elif event.kind in ("tag", "release"):
+        if event.tag is None:
+            return _REF, f"the {event.kind} event names no tag"
+        if not glob_match(event.tag, route.tags):
+            return _REF, f"tag {event.tag} not in {label}.tags"
+    elif change:
+        # The target branch decides: it is the branch the change would land on.
+        target = event.base_branch
+        if target is None or not glob_match(target, route.branches):
+            return _REF, f"target branch {target} of {_change_name(event)} not in {label}.branches"
+    # "rerun" skips ref filters: a re-run is asked for on a check this bridge already reported.
+    if change and event.is_draft and not route.drafts:
+        return _DRAFT, f"draft {_change_name(event)}s are not built by {label}"
+    if event.is_fork and route.forks == "never":
+        return _FORK, f"fork {_change_name(event)}: {label}.forks = never"
+    return None
+
+
+def match_route(event: SourceEvent, routes: Sequence[Route]) -> Route | Ignored:
+    """The first route that builds `event`, or the most informative reason why none does."""
+    if not routes:
+        return Ignored("no routes are configured: add a [[routes]] table to the config file")
+    best: tuple[int, str] | None = None
+    for route in routes:
+        failure = _failure(route, event)
+        if failure is None:
+            return route
+        if best is None or failure[0] > best[0]:
+            best = failure
+    if best is None or best[0] <= _REPOSITORY:
+        return Ignored(f"no route for {event.provider} repository {event.repository}")
+    return Ignored(best[1])
+
+
+def build_options(route: Route, event: SourceEvent) -> BuildOptions:
+    """The route's settings as BuildOptions for plan.plan_build.
+
+    A fork's code gets secret variables only where the route says `forks = "allow"`; under "never"
+    a fork never reaches this point, and dropping them anyway costs nothing if it somehow does.
+    """
+    clone = route.source_mode == "clone"
+    return BuildOptions(
+        project_name=route.project,
+        source_mode=route.source_mode,
+        clone_token_ref=str(route.clone_token) if clone and route.clone_token is not None else None,
+        buildspec=route.buildspec,
+        image_repository=route.image_repository,
+        image_tag=route.image_tag,
+        env_vars=route.env,
+        compute_type=route.compute_type,
+        build_image=route.build_image,
+        privileged_mode=route.privileged_mode,
+        timeout_minutes=route.timeout_minutes,
+        include_secrets=not event.is_fork or route.forks == "allow",
+        extra_overrides=dict(route.overrides),
+    )

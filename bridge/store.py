@@ -1,0 +1,415 @@
+"""Deliveries and tracked builds, in one SQLite file.
+
+The webhook answers only after its delivery is committed here, so what GitHub or GitLab was told
+"accepted" survives a crash: WAL journal with synchronous=FULL syncs every commit to disk. The
+delivery id is the primary key, which makes dedupe a property of the insert, not a check-then-act
+race. The worker claims deliveries with a lease instead of a lock: if it dies between claiming and
+recording the started build, the delivery is offered again once the lease runs out, and the
+idempotency token derived from the delivery id keeps CodeBuild from starting a second build.
+
+One connection guarded by a lock serves every thread of a process; SQLite's own file locking (with
+a busy timeout) orders writes between processes. Every write is one `BEGIN IMMEDIATE` transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, cast, get_args
+
+from bridge.errors import BridgeError
+from bridge.model import SourceEvent
+
+__all__ = [
+    "DeliveryRow",
+    "DeliveryState",
+    "PendingDelivery",
+    "Store",
+    "StoreError",
+    "TrackedBuild",
+    "event_from_json",
+    "event_to_json",
+]
+
+DeliveryState = Literal["pending", "started", "failed", "ignored"]
+
+_BUSY_TIMEOUT_SECONDS: Final = 10.0
+_SCHEMA_VERSION: Final = 1
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    route_name TEXT NOT NULL,
+    event_json TEXT,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'started', 'failed', 'ignored')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    build_id TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS builds (
+    build_id TEXT PRIMARY KEY,
+    delivery_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    route_name TEXT NOT NULL,
+    event_json TEXT NOT NULL,
+    reporter_ref TEXT,
+    last_build_status TEXT,
+    last_reported_state TEXT,
+    done INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL,
+    lease_until REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS builds_active ON builds (done);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), written_at REAL NOT NULL);
+"""
+
+
+_SELECT_BUILDS: Final = (
+    "SELECT build_id, delivery_id, provider, route_name, event_json, reporter_ref, last_build_status,"
+    " last_reported_state, done, updated_at FROM builds"
+)
+
+
+class StoreError(BridgeError):
+    """The state file cannot be read or written (disk full, locked too long, unreadable)."""
+
+    http_status = 503
+    default_hint = "check the disk and permissions of server.state_path; the sender will retry"
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    """A delivery the worker must start a build for (attempts already counts this claim)."""
+
+    delivery_id: str
+    provider: str
+    event_name: str
+    route_name: str
+    event: SourceEvent
+    attempts: int
+    received_at: float
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    delivery_id: str
+    provider: str
+    event_name: str
+    received_at: float
+    route_name: str
+    event: SourceEvent | None  # None only for ignored deliveries
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    build_id: str | None
+
+
+@dataclass(frozen=True)
+class TrackedBuild:
+    build_id: str
+    delivery_id: str
+    provider: str
+    route_name: str
+    event: SourceEvent
+    reporter_ref: str | None  # what the reporter needs to update its status (JSON text it owns)
+    last_build_status: str | None
+    last_reported_state: str | None
+    done: bool
+    updated_at: float
+
+
+# --- SourceEvent <-> JSON ---------------------------------------------------------------------------
+
+_EVENT_FIELDS: Final = {f.name: f for f in dataclasses.fields(SourceEvent)}
+
+
+def event_to_json(event: SourceEvent) -> str:
+    return json.dumps(dataclasses.asdict(event), sort_keys=True, separators=(",", ":"))
+
+
+def event_from_json(text: str) -> SourceEvent:
+    """Unknown keys are dropped so a file written by a newer version still loads."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StoreError(
+            f"a stored event is not valid JSON: {exc}", hint="the state file is damaged"
+        ) from None
+    if not isinstance(data, dict):
+        raise StoreError("a stored event is not a JSON object", hint="the state file is damaged")
+    try:
+        return SourceEvent(**{key: value for key, value in data.items() if key in _EVENT_FIELDS})
+    except TypeError as exc:
+        raise StoreError(f"a stored event lacks a field: {exc}", hint="the state file is damaged") from None
+
+
+# --- the store ----------------------------------------------------------------------------------------
+
+
+class Store:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = _BUSY_TIMEOUT_SECONDS,
+    ) -> None:
+        """`busy_timeout`: how long a write waits for another process's lock before StoreError."""
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._path = str(path)
+        try:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are opened explicitly with BEGIN IMMEDIATE.
+            self._conn = sqlite3.connect(
+                self._path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._transaction() as conn:
+                # Not executescript(): it would COMMIT behind the transaction's back.
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the state file {self._path}: {exc}") from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; the write lock is taken up front so it cannot deadlock on upgrade."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store: {action} failed: {exc}") from None
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # --- deliveries -----------------------------------------------------------------------------
+
+    def add_delivery(
+        self, delivery_id: str, provider: str, event_name: str, route_name: str, event: SourceEvent
+    ) -> bool:
+        """Persist an accepted delivery. False: this id was seen before, so it must not build again."""
+        now = self._clock()
+        with self._guard("recording a delivery"), self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO deliveries (delivery_id, provider, event_name, received_at, route_name,"
+                " event_json, state, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?)"
+                " ON CONFLICT (delivery_id) DO NOTHING",
+                (delivery_id, provider, event_name, now, route_name, event_to_json(event), now),
+            )
+            return cursor.rowcount == 1
+
+    def add_ignored(self, delivery_id: str, provider: str, event_name: str, reason: str) -> bool:
+        """Remember a delivery that asked for no build, so a redelivery is recognised and answered alike."""
+        now = self._clock()
+        with self._guard("recording a delivery"), self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO deliveries (delivery_id, provider, event_name, received_at, route_name,"
+                " event_json, state, attempts, next_attempt_at, last_error)"
+                " VALUES (?, ?, ?, ?, '', NULL, 'ignored', 0, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
+                (delivery_id, provider, event_name, now, now, reason),
+            )
+            return cursor.rowcount == 1
+
+    def claim_pending(self, limit: int = 10, *, lease_seconds: float = 60) -> list[PendingDelivery]:
+        """Due pending deliveries, each leased for `lease_seconds` so no other worker takes it meanwhile."""
+        now = self._clock()
+        with self._guard("claiming deliveries"), self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT delivery_id, provider, event_name, route_name, event_json, attempts, received_at"
+                " FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, received_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ? WHERE delivery_id = ?",
+                [(now + lease_seconds, row[0]) for row in rows],
+            )
+        return [
+            PendingDelivery(
+                delivery_id=row[0],
+                provider=row[1],
+                event_name=row[2],
+                route_name=row[3],
+                event=event_from_json(row[4]),
+                attempts=row[5] + 1,
+                received_at=row[6],
+            )
+            for row in rows
+        ]
+
+    def mark_started(self, delivery_id: str, build_id: str, reporter_ref: str | None = None) -> None:
+        """The delivery is done and its build is tracked: both, or (on any error) neither."""
+        now = self._clock()
+        with self._guard("recording a started build"), self._transaction() as conn:
+            row = conn.execute(
+                "SELECT provider, route_name, event_json FROM deliveries WHERE delivery_id = ?",
+                (delivery_id,),
+            ).fetchone()
+            if row is None or row[2] is None:
+                raise StoreError(
+                    f"no pending delivery {delivery_id} to mark started", hint="add_delivery must come first"
+                )
+            conn.execute(
+                "UPDATE deliveries SET state = 'started', build_id = ?, last_error = NULL"
+                " WHERE delivery_id = ?",
+                (build_id, delivery_id),
+            )
+            conn.execute(
+                "INSERT INTO builds (build_id, delivery_id, provider, route_name, event_json, reporter_ref,"
+                " done, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT (build_id) DO NOTHING",
+                (build_id, delivery_id, row[0], row[1], row[2], reporter_ref, now),
+            )
+
+    def mark_retry(self, delivery_id: str, error: str, delay_seconds: float) -> None:
+        now = self._clock()
+        with self._guard("scheduling a retry"), self._transaction() as conn:
+            conn.execute(
+                "UPDATE deliveries SET next_attempt_at = ?, last_error = ? WHERE delivery_id = ?"
+                " AND state = 'pending'",
+                (now + delay_seconds, error, delivery_id),
+            )
+
+    def mark_failed(self, delivery_id: str, error: str) -> None:
+        with self._guard("recording a failure"), self._transaction() as conn:
+            conn.execute(
+                "UPDATE deliveries SET state = 'failed', last_error = ? WHERE delivery_id = ?",
+                (error, delivery_id),
+            )
+
+    def get_delivery(self, delivery_id: str) -> DeliveryRow | None:
+        with self._guard("reading a delivery"):
+            rows = self._read(
+                "SELECT delivery_id, provider, event_name, received_at, route_name, event_json, state,"
+                " attempts, next_attempt_at, last_error, build_id FROM deliveries WHERE delivery_id = ?",
+                (delivery_id,),
+            )
+        if not rows:
+            return None
+        row = rows[0]
+        return DeliveryRow(
+            delivery_id=row[0],
+            provider=row[1],
+            event_name=row[2],
+            received_at=row[3],
+            route_name=row[4],
+            event=event_from_json(row[5]) if row[5] is not None else None,
+            state=cast(DeliveryState, row[6]),
+            attempts=row[7],
+            next_attempt_at=row[8],
+            last_error=row[9],
+            build_id=row[10],
+        )
+
+    # --- builds ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _build(row: tuple[Any, ...]) -> TrackedBuild:
+        return TrackedBuild(
+            build_id=row[0],
+            delivery_id=row[1],
+            provider=row[2],
+            route_name=row[3],
+            event=event_from_json(row[4]),
+            reporter_ref=row[5],
+            last_build_status=row[6],
+            last_reported_state=row[7],
+            done=bool(row[8]),
+            updated_at=row[9],
+        )
+
+    def active_builds(self) -> list[TrackedBuild]:
+        with self._guard("listing builds"):
+            rows = self._read(_SELECT_BUILDS + " WHERE done = 0 ORDER BY updated_at")
+        return [self._build(row) for row in rows]
+
+    def get_build(self, build_id: str) -> TrackedBuild | None:
+        with self._guard("reading a build"):
+            rows = self._read(_SELECT_BUILDS + " WHERE build_id = ?", (build_id,))
+        return self._build(rows[0]) if rows else None
+
+    def update_build(
+        self,
+        build_id: str,
+        *,
+        last_build_status: str | None = None,
+        last_reported_state: str | None = None,
+        reporter_ref: str | None = None,
+        done: bool | None = None,
+    ) -> None:
+        """Set only the fields given; None leaves a field as it is."""
+        with self._guard("updating a build"), self._transaction() as conn:
+            conn.execute(
+                "UPDATE builds SET last_build_status = COALESCE(?, last_build_status),"
+                " last_reported_state = COALESCE(?, last_reported_state),"
+                " reporter_ref = COALESCE(?, reporter_ref), done = COALESCE(?, done), updated_at = ?"
+                " WHERE build_id = ?",
+                (
+                    last_build_status,
+                    last_reported_state,
+                    reporter_ref,
+                    None if done is None else int(done),
+                    self._clock(),
+                    build_id,
+                ),
+            )
+
+    # --- health -----------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Deliveries by state and builds by activity, every key present even when zero."""
+        result = {f"deliveries_{state}": 0 for state in get_args(DeliveryState)}
+        result |= {"builds_active": 0, "builds_done": 0}
+        with self._guard("counting"):
+            for state, count in self._read("SELECT state, COUNT(*) FROM deliveries GROUP BY state"):
+                result[f"deliveries_{state}"] = count
+            for done, count in self._read("SELECT done, COUNT(*) FROM builds GROUP BY done"):
+                result["builds_done" if done else "builds_active"] = count
+        return result
+
+    def writable(self) -> bool:
+        """A real committed write: a full disk or a read-only file fails it, unlike a SELECT."""
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO probe (id, written_at) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at",
+                    (self._clock(),),
+                )
+        except sqlite3.Error:
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,400 @@
+"""The SQLite state store: dedupe, surviving a killed process, leases, atomic start, JSON round trip."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.model import SourceEvent
+from bridge.store import Store, StoreError, event_from_json, event_to_json
+
+ROOT = Path(__file__).resolve().parent.parent
+SHA = "0123456789abcdef0123456789abcdef01234567"
+EVENT = SourceEvent(
+    provider="github",
+    kind="pull_request",
+    event_name="pull_request",
+    action="opened",
+    repository="acme/web",
+    clone_url="https://github.com/someone/web.git",
+    sha=SHA,
+    ref="refs/pull/7/head",
+    server_url="https://github.com",
+    branch="feature/x",
+    pr_number=7,
+    base_branch="main",
+    is_fork=True,
+    installation_id=42,
+)
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
+    opened = Store(tmp_path / "state" / "bridge.sqlite3", clock=clock)
+    yield opened
+    opened.close()
+
+
+def add(store: Store, delivery_id: str, event: SourceEvent = EVENT) -> bool:
+    return store.add_delivery(delivery_id, event.provider, event.event_name, "web", event)
+
+
+# --- deliveries -----------------------------------------------------------------------------------
+
+
+def test_a_delivery_is_recorded_once(store: Store, clock: Clock) -> None:
+    assert add(store, "d-1") is True
+    assert add(store, "d-1") is False
+    assert add(store, "d-2") is True
+    row = store.get_delivery("d-1")
+    assert row is not None
+    assert (row.state, row.attempts, row.route_name, row.event) == ("pending", 0, "web", EVENT)
+    assert row.received_at == clock.now
+    assert store.get_delivery("unknown") is None
+    assert store.counts()["deliveries_pending"] == 2
+
+
+def test_an_ignored_delivery_is_remembered_for_dedupe(store: Store) -> None:
+    assert (
+        store.add_ignored("d-1", "github", "issues", "GitHub event 'issues' does not trigger builds") is True
+    )
+    assert store.add_ignored("d-1", "github", "issues", "again") is False
+    assert add(store, "d-1") is False
+    row = store.get_delivery("d-1")
+    assert row is not None
+    assert (row.state, row.event, row.last_error) == (
+        "ignored",
+        None,
+        "GitHub event 'issues' does not trigger builds",
+    )
+    assert store.claim_pending() == []
+    assert store.counts()["deliveries_ignored"] == 1
+
+
+def test_the_same_id_added_from_many_threads_builds_once(store: Store) -> None:
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(add(store, "race"))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 7 + [True]
+
+
+def test_the_same_id_added_through_separate_connections_builds_once(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite3"
+    Store(path).close()  # create the schema first, as the server does at start
+    barrier = threading.Barrier(6)
+    results: list[bool] = []
+
+    def worker() -> None:
+        own = Store(path)
+        barrier.wait()
+        results.append(add(own, "race"))
+        own.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 5 + [True]
+
+
+_ADD_THEN_HANG = """
+import sys, time
+from bridge.store import Store
+from tests.test_store import EVENT
+store = Store(sys.argv[1])
+ok = store.add_delivery("survivor", "github", "pull_request", "web", EVENT)
+print("added" if ok else "duplicate", flush=True)
+time.sleep(60)
+"""
+
+
+def test_an_acknowledged_delivery_survives_a_killed_process(tmp_path: Path) -> None:
+    path = tmp_path / "crash.sqlite3"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _ADD_THEN_HANG, str(path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "added"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=10)
+    assert child.returncode == -signal.SIGKILL
+    assert Path(f"{path}-wal").exists()  # the write was still only in the WAL when the process died
+    reopened = Store(path)
+    row = reopened.get_delivery("survivor")
+    assert row is not None
+    assert row.event == EVENT
+    assert row.state == "pending"
+    assert add(reopened, "survivor") is False
+    reopened.close()
+
+
+def test_the_file_uses_wal(store: Store, tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "state" / "bridge.sqlite3") as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_state_survives_closing_and_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "reopen.sqlite3"
+    first = Store(path)
+    add(first, "d-1")
+    first.mark_started("d-1", "proj:build-1", '{"check_run_id": 5}')
+    first.close()
+    second = Store(path)
+    build = second.get_build("proj:build-1")
+    assert build is not None
+    assert build.reporter_ref == '{"check_run_id": 5}'
+    assert [b.build_id for b in second.active_builds()] == ["proj:build-1"]
+    second.close()
+
+
+# --- claiming and leases --------------------------------------------------------------------------
+
+
+def test_claim_leases_and_reoffers_after_the_lease(store: Store, clock: Clock) -> None:
+    add(store, "d-1")
+    clock.now += 1
+    add(store, "d-2")
+    claimed = store.claim_pending(limit=10, lease_seconds=60)
+    assert [(c.delivery_id, c.attempts) for c in claimed] == [("d-1", 1), ("d-2", 1)]
+    assert claimed[0].event == EVENT
+    assert claimed[0].route_name == "web"
+    # Leased: nobody else gets them while the worker is (maybe) starting the builds.
+    assert store.claim_pending() == []
+    clock.now += 59
+    assert store.claim_pending() == []
+    # The worker died: the lease runs out and the deliveries are offered again.
+    clock.now += 2
+    again = store.claim_pending()
+    assert [(c.delivery_id, c.attempts) for c in again] == [("d-1", 2), ("d-2", 2)]
+
+
+def test_claim_respects_the_limit_and_order(store: Store, clock: Clock) -> None:
+    for i in range(5):
+        add(store, f"d-{i}")
+        clock.now += 1
+    assert [c.delivery_id for c in store.claim_pending(limit=2)] == ["d-0", "d-1"]
+    assert [c.delivery_id for c in store.claim_pending(limit=10)] == ["d-2", "d-3", "d-4"]
+
+
+def test_retry_waits_for_its_delay_and_failed_is_final(store: Store, clock: Clock) -> None:
+    add(store, "d-1")
+    add(store, "d-2")
+    store.claim_pending()
+    store.mark_retry("d-1", "ThrottlingException", delay_seconds=30)
+    store.mark_failed("d-2", "project not found")
+    clock.now += 29
+    assert store.claim_pending() == []
+    clock.now += 2
+    (retried,) = store.claim_pending()
+    assert (retried.delivery_id, retried.attempts) == ("d-1", 2)
+    row = store.get_delivery("d-1")
+    assert row is not None
+    assert row.last_error == "ThrottlingException"
+    failed = store.get_delivery("d-2")
+    assert failed is not None
+    assert (failed.state, failed.last_error) == ("failed", "project not found")
+    clock.now += 1000
+    assert [c.delivery_id for c in store.claim_pending()] == ["d-1"]  # d-1's lease ran out; d-2 is final
+    assert store.counts()["deliveries_failed"] == 1
+
+
+# --- builds ---------------------------------------------------------------------------------------
+
+
+def test_mark_started_records_the_build_and_closes_the_delivery(store: Store, clock: Clock) -> None:
+    add(store, "d-1")
+    store.claim_pending()
+    store.mark_started("d-1", "proj:abc", "codebuild/web")
+    row = store.get_delivery("d-1")
+    assert row is not None
+    assert (row.state, row.build_id) == ("started", "proj:abc")
+    build = store.get_build("proj:abc")
+    assert build is not None
+    assert (build.delivery_id, build.provider, build.route_name, build.event) == (
+        "d-1",
+        "github",
+        "web",
+        EVENT,
+    )
+    assert (build.reporter_ref, build.done, build.updated_at) == ("codebuild/web", False, clock.now)
+    clock.now += 1000
+    assert store.claim_pending() == []  # started deliveries are never offered again
+
+
+def test_mark_started_is_atomic(store: Store, tmp_path: Path) -> None:
+    add(store, "d-1")
+    # Make the second write of the transaction fail, as a full disk would.
+    with sqlite3.connect(tmp_path / "state" / "bridge.sqlite3") as raw:
+        raw.execute(
+            "CREATE TRIGGER no_builds BEFORE INSERT ON builds BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    with pytest.raises(StoreError) as caught:
+        store.mark_started("d-1", "proj:abc")
+    assert caught.value.http_status == 503
+    row = store.get_delivery("d-1")
+    assert row is not None
+    assert (row.state, row.build_id) == ("pending", None)  # the delivery update was rolled back too
+    assert store.get_build("proj:abc") is None
+    assert store.writable() is True  # the connection is usable after the rollback
+
+
+def test_mark_started_needs_a_delivery(store: Store) -> None:
+    with pytest.raises(StoreError):
+        store.mark_started("never-added", "proj:abc")
+    assert store.get_build("proj:abc") is None
+
+
+def test_update_build_sets_only_the_given_fields(store: Store, clock: Clock) -> None:
+    add(store, "d-1")
+    add(store, "d-2")
+    store.mark_started("d-1", "b-1", "ref-1")
+    store.mark_started("d-2", "b-2")
+    clock.now += 5
+    store.update_build("b-1", last_build_status="IN_PROGRESS", last_reported_state="in_progress")
+    build = store.get_build("b-1")
+    assert build is not None
+    assert (build.last_build_status, build.last_reported_state, build.reporter_ref, build.done) == (
+        "IN_PROGRESS",
+        "in_progress",
+        "ref-1",
+        False,
+    )
+    assert build.updated_at == clock.now
+    store.update_build("b-1", reporter_ref="ref-2", done=True)
+    build = store.get_build("b-1")
+    assert build is not None
+    assert (build.last_build_status, build.reporter_ref, build.done) == ("IN_PROGRESS", "ref-2", True)
+    assert [b.build_id for b in store.active_builds()] == ["b-2"]
+    assert store.counts() == {
+        "deliveries_pending": 0,
+        "deliveries_started": 2,
+        "deliveries_failed": 0,
+        "deliveries_ignored": 0,
+        "builds_active": 1,
+        "builds_done": 1,
+    }
+
+
+# --- health and errors ----------------------------------------------------------------------------
+
+
+def test_a_locked_file_is_a_503_and_not_writable(tmp_path: Path) -> None:
+    path = tmp_path / "locked.sqlite3"
+    store = Store(path, busy_timeout=0.2)
+    assert store.writable() is True
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        assert store.writable() is False
+        with pytest.raises(StoreError) as caught:
+            add(store, "d-1")
+        assert caught.value.http_status == 503
+        assert "locked" in str(caught.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert add(store, "d-1") is True
+    store.close()
+
+
+def test_an_unusable_path_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError):
+        Store(blocker / "bridge.sqlite3")
+
+
+# --- SourceEvent <-> JSON -------------------------------------------------------------------------
+
+_text = st.text(max_size=30)
+_maybe_text = st.none() | _text
+_maybe_int = st.none() | st.integers(min_value=0, max_value=2**53)
+
+EVENTS = st.builds(
+    SourceEvent,
+    provider=st.sampled_from(["github", "gitlab"]),
+    kind=st.sampled_from(["push", "tag", "pull_request", "merge_request", "manual", "release", "rerun"]),
+    event_name=_text,
+    action=_maybe_text,
+    repository=_text,
+    clone_url=_text,
+    sha=_text,
+    ref=_maybe_text,
+    server_url=_text,
+    branch=_maybe_text,
+    tag=_maybe_text,
+    pr_number=_maybe_int,
+    base_branch=_maybe_text,
+    base_repository=_maybe_text,
+    head_repository=_maybe_text,
+    is_fork=st.booleans(),
+    is_draft=st.booleans(),
+    api_url=_maybe_text,
+    installation_id=_maybe_int,
+    project_id=_maybe_int,
+    source_project_id=_maybe_int,
+    pipeline_id=_maybe_int,
+    sender=_maybe_text,
+    check_run_id=_maybe_int,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(EVENTS)
+def test_event_json_round_trips(source: SourceEvent) -> None:
+    assert event_from_json(event_to_json(source)) == source
+
+
+def test_event_json_ignores_fields_from_a_newer_version() -> None:
+    text = event_to_json(EVENT)[:-1] + ',"future_field":1}'
+    assert event_from_json(text) == EVENT
+    assert event_from_json(event_to_json(replace(EVENT, is_draft=True))).is_draft is True
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"provider": "github"}'])
+def test_damaged_event_json_is_a_store_error(text: str) -> None:
+    with pytest.raises(StoreError):
+        event_from_json(text)
