@@ -1,0 +1,307 @@
+"""Post build status to GitHub: check runs (GitHub App or Actions token) or commit statuses (PAT).
+
+PyGithub does the HTTP work: `GithubRetry` retries 5xx and secondary rate limits (honouring
+Retry-After), `Auth.AppAuth` signs the App JWT and refreshes installation tokens. What is left
+here is GitHub's rules about who may do what, turned into ReporterErrors whose `retryable` tells
+the worker whether to try again and whose hint tells a human what permission is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import github
+import requests
+from github import Auth, GithubIntegration, GithubRetry
+from github.GithubException import GithubException, RateLimitExceededException
+from urllib3.util.retry import Retry
+
+from bridge.errors import ConfigError, ReporterError
+from bridge.model import BuildStatus, SourceEvent
+from bridge.secret import Secret
+from bridge.status import commit_status_state
+
+log = logging.getLogger(__name__)
+
+SUMMARY_MAX: Final = 65535
+DESCRIPTION_MAX: Final = 140
+
+CHECKS_HINT: Final = (
+    "give the job `permissions: checks: write` or set check-name: '' to report a commit status instead; "
+    "a GitHub App needs the 'Checks: Read and write' permission. Pull requests from forks get a "
+    "read-only token, so no check run can be created for them."
+)
+STATUSES_HINT: Final = (
+    "the token needs `repo:status` (classic PAT) or 'Commit statuses: Read and write' (fine-grained), "
+    "or `permissions: statuses: write` in the workflow"
+)
+CREDENTIALS_HINT: Final = (
+    "check the GitHub token, or the App id, private key and installation id (is the App installed "
+    "on this repository?)"
+)
+
+
+def default_retry(
+    *, total: int = 4, backoff_factor: float = 0.5, secondary_rate_wait: float = 60
+) -> GithubRetry:
+    """Retries for one reporter call: a few quick tries on 5xx, GitHub's minute on a secondary rate limit.
+
+    PATCH is added to GithubRetry's methods because a check-run update is idempotent. POST is
+    retried too (GithubRetry's default): a 502 from GitHub's edge almost always means the request
+    never reached the API, and a duplicate queued check run is cheaper than a missing one.
+    """
+    return GithubRetry(
+        total=total,
+        backoff_factor=backoff_factor,
+        backoff_max=20,
+        secondary_rate_wait=secondary_rate_wait,
+        max_rate_limit_wait=300,
+        allowed_methods=Retry.DEFAULT_ALLOWED_METHODS | {"GET", "POST", "PATCH"},
+    )
+
+
+def github_client(
+    api_url: str,
+    token: Secret | None = None,
+    *,
+    app_id: int | None = None,
+    private_key: Secret | None = None,
+    installation_id: int | None = None,
+    repository: str | None = None,
+    timeout: float = 15,
+    retry: Retry | None = None,
+    seconds_between_requests: float | None = 0.25,
+    seconds_between_writes: float | None = 1.0,
+) -> github.Github:
+    """A lazy PyGithub client: token auth, or a GitHub App installation.
+
+    Lazy so a reporter does not GET the repository before every POST. With App credentials but
+    no installation id, `repository` is used to look the installation up once. Requests and writes
+    are spaced as PyGithub does by default (GitHub's advice against secondary rate limits).
+    """
+    seconds = max(1, math.ceil(timeout))
+    retry = retry if retry is not None else default_retry()
+    auth: Auth.Auth
+    if token:
+        auth = Auth.Token(token.reveal())
+    elif app_id is not None and private_key:
+        app_auth = Auth.AppAuth(app_id, private_key.reveal())
+        if installation_id is None:
+            if not repository:
+                raise ConfigError(
+                    "GitHub App credentials without an installation id",
+                    key="github.installation_id",
+                    hint="set the installation id, or pass the repository so it can be looked up",
+                )
+            installation_id = find_installation_id(
+                api_url, app_id=app_id, private_key=private_key, repository=repository, timeout=timeout
+            )
+        auth = app_auth.get_installation_auth(installation_id)
+    else:
+        raise ConfigError(
+            "no GitHub credentials",
+            key="github",
+            hint="set a token, or an App id with its private key",
+        )
+    return github.Github(
+        base_url=api_url,
+        auth=auth,
+        timeout=seconds,
+        retry=retry,
+        lazy=True,
+        seconds_between_requests=seconds_between_requests,
+        seconds_between_writes=seconds_between_writes,
+    )
+
+
+def find_installation_id(
+    api_url: str,
+    *,
+    app_id: int,
+    private_key: Secret,
+    repository: str,
+    timeout: float = 15,
+    retry: Retry | None = None,
+) -> int:
+    """The App's installation on `repository` (GET /repos/{owner}/{repo}/installation, JWT auth)."""
+    owner, _, name = repository.partition("/")
+    integration = GithubIntegration(
+        auth=Auth.AppAuth(app_id, private_key.reveal()),
+        base_url=api_url,
+        timeout=max(1, math.ceil(timeout)),
+        retry=retry if retry is not None else default_retry(),
+    )
+    try:
+        return int(integration.get_repo_installation(owner, name).id)
+    except GithubException as error:
+        if error.status == 404:
+            raise ReporterError(
+                f"GitHub App {app_id} is not installed on {repository}",
+                hint="install the App on the repository (or its organization)",
+            ) from None
+        raise _reporter_error(error, f"looking up the App installation for {repository}") from None
+    except requests.RequestException as error:
+        raise _network_error(error, f"looking up the App installation for {repository}") from None
+    finally:
+        integration.close()
+
+
+class CheckRunReporter:
+    """One check run per build: created queued/in_progress, then edited until completed."""
+
+    def __init__(self, gh: github.Github, repository: str, *, name: str) -> None:
+        self._repo = gh.get_repo(repository)
+        self.repository = repository
+        self.name = name
+
+    def start(self, event: SourceEvent, status: BuildStatus | None, details_url: str | None) -> int:
+        fields: dict[str, Any] = {"name": self.name, "head_sha": event.sha}
+        if details_url or (status is not None and status.console_url):
+            fields["details_url"] = details_url or (status.console_url if status else None)
+        if status is None:
+            fields["status"] = "queued"
+            fields["output"] = {"title": "Waiting for CodeBuild", "summary": "Starting the build."}
+        else:
+            fields["external_id"] = status.build_id
+            fields.update(_check_run_fields(status))
+        try:
+            run = self._repo.create_check_run(**fields)
+        except GithubException as error:
+            doing = f"creating check run '{self.name}' on {self.repository}"
+            raise _reporter_error(error, doing, forbidden_hint=CHECKS_HINT) from None
+        except requests.RequestException as error:
+            raise _network_error(error, f"creating check run '{self.name}' on {self.repository}") from None
+        log.info("check run %s created on %s@%s", run.id, self.repository, event.short_sha)
+        return int(run.id)
+
+    def update(self, check_run_id: int, status: BuildStatus, event: SourceEvent | None = None) -> None:
+        del event  # a check run is addressed by its id alone; the argument keeps reporters alike
+        fields = _check_run_fields(status)
+        if status.build_id:
+            fields["external_id"] = status.build_id
+        try:
+            self._repo.get_check_run(check_run_id).edit(**fields)
+        except GithubException as error:
+            doing = f"updating check run {check_run_id} on {self.repository}"
+            hint = "only the App (or workflow token) that created a check run can update it; " + CHECKS_HINT
+            raise _reporter_error(error, doing, forbidden_hint=hint) from None
+        except requests.RequestException as error:
+            raise _network_error(error, f"updating check run {check_run_id} on {self.repository}") from None
+
+
+class CommitStatusReporter:
+    """The PAT fallback: a commit status per state change, under one context per route.
+
+    start() returns the created status id; update() needs the commit, so pass `event` (or use the
+    same reporter instance that started it, which remembers the commit for each id).
+    """
+
+    def __init__(self, gh: github.Github, repository: str, *, context: str) -> None:
+        self._repo = gh.get_repo(repository)
+        self.repository = repository
+        self.context = context
+        self._started: dict[int, tuple[str, str | None]] = {}
+
+    def start(self, event: SourceEvent, status: BuildStatus | None, details_url: str | None) -> int:
+        target_url = details_url or (status.console_url if status else None)
+        if status is None:
+            status_id = self._post(event.sha, "pending", "Starting the CodeBuild build", target_url)
+        else:
+            status_id = self._post(event.sha, commit_status_state(status), status.title, target_url)
+        self._started[status_id] = (event.sha, details_url)
+        return status_id
+
+    def update(self, check_run_id: int, status: BuildStatus, event: SourceEvent | None = None) -> None:
+        sha, details_url = self._started.get(check_run_id, (None, None))
+        if event is not None:
+            sha = event.sha
+        if sha is None:
+            raise ReporterError(
+                f"no commit known for status {check_run_id} on {self.repository}",
+                hint="pass the SourceEvent to CommitStatusReporter.update()",
+            )
+        self._post(sha, commit_status_state(status), status.title, details_url or status.console_url or None)
+
+    def _post(self, sha: str, state: str, description: str, target_url: str | None) -> int:
+        fields: dict[str, Any] = {
+            "state": state,
+            "description": _clip(description, DESCRIPTION_MAX),
+            "context": self.context,
+        }
+        if target_url:
+            fields["target_url"] = target_url
+        try:
+            created = self._repo.get_commit(sha).create_status(**fields)
+        except GithubException as error:
+            doing = f"posting commit status '{self.context}' on {self.repository}@{sha[:7]}"
+            raise _reporter_error(
+                error, doing, forbidden_hint=STATUSES_HINT, not_found_hint=STATUSES_HINT
+            ) from None
+        except requests.RequestException as error:
+            doing = f"posting commit status '{self.context}' on {self.repository}@{sha[:7]}"
+            raise _network_error(error, doing) from None
+        return int(created.id)
+
+
+def _check_run_fields(status: BuildStatus) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "output": {"title": status.title, "summary": _clip(status.summary, SUMMARY_MAX)},
+    }
+    if status.done:
+        fields["status"] = "completed"
+        fields["conclusion"] = status.conclusion or "failure"
+        fields["completed_at"] = datetime.now(UTC)
+    else:
+        fields["status"] = status.state
+    return fields
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _message(error: GithubException) -> str:
+    data = error.data
+    if isinstance(data, Mapping) and data.get("message"):
+        return str(data["message"])
+    return f"HTTP {error.status}"
+
+
+def _reporter_error(
+    error: GithubException,
+    doing: str,
+    *,
+    forbidden_hint: str = "",
+    not_found_hint: str = "check the repository name and that the credentials can see it",
+) -> ReporterError:
+    """Transient (5xx after retries, rate limits) -> retryable; everything else needs a human.
+
+    Rate limits come first: GitHub answers them with 403 too, and they are not a permission problem.
+    """
+    status = error.status
+    message = f"{doing} failed: HTTP {status} {_message(error)}"
+    if isinstance(error, RateLimitExceededException) or status >= 500 or status == 429:
+        return ReporterError(
+            message, retryable=True, hint="GitHub is unavailable or rate limiting; will retry"
+        )
+    if status == 401:
+        return ReporterError(message, hint=CREDENTIALS_HINT)
+    if status == 403:
+        return ReporterError(message, hint=forbidden_hint)
+    if status == 404:
+        return ReporterError(message, hint=not_found_hint)
+    return ReporterError(message, hint="")
+
+
+def _network_error(error: requests.RequestException, doing: str) -> ReporterError:
+    """Retries exhausted (urllib3 gives up with RetryError) or GitHub unreachable: try again later."""
+    kind = "retries exhausted" if isinstance(error, requests.exceptions.RetryError) else type(error).__name__
+    return ReporterError(
+        f"{doing} failed: {kind}",
+        retryable=True,
+        hint="GitHub did not answer successfully after retries; the worker will try again",
+    )
