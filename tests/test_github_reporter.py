@@ -22,6 +22,7 @@ from bridge.reporters.github import (
     DESCRIPTION_MAX,
     STATUSES_HINT,
     SUMMARY_MAX,
+    BoundReporter,
     CheckRunReporter,
     CommitStatusReporter,
     default_retry,
@@ -29,6 +30,7 @@ from bridge.reporters.github import (
     github_client,
 )
 from bridge.secret import Secret
+from bridge.services import StatusReporter
 from bridge.status import build_status
 from tests.fakes.github_api import FakeGitHub, app_keys
 
@@ -492,3 +494,30 @@ def test_fake_verifies_app_jwts(github_api: FakeGitHub, claims: dict[str, Any], 
     assert github_api.issued_tokens == []
     assert any(reason in violation for violation in github_api.violations)
     github_api.violations.clear()
+
+
+@pytest.mark.parametrize("kind", ["check run", "commit status"])
+def test_bound_reporter_fits_the_worker_protocol(
+    github_api: FakeGitHub, gh: github.Github, kind: str
+) -> None:
+    inner: CheckRunReporter | CommitStatusReporter = (
+        CheckRunReporter(gh, REPO, name="codebuild")
+        if kind == "check run"
+        else CommitStatusReporter(gh, REPO, context="codebuild")
+    )
+    reporter: StatusReporter = BoundReporter(inner, EVENT, details_url=DETAILS)
+    ref = reporter.start(status_of("IN_PROGRESS"))
+    assert ref is not None
+    later: StatusReporter = BoundReporter(type(inner)(gh, REPO, **_naming(inner)), EVENT)  # a fresh process
+    assert later.update(ref, status_of("SUCCEEDED")) == ref
+    assert [r.status for r in github_api.requests] == [201, 200 if kind == "check run" else 201]
+    if kind == "check run":
+        assert github_api.check_runs[int(ref)]["conclusion"] == "success"
+    else:
+        assert [s["state"] for s in github_api.statuses] == ["pending", "success"]
+
+
+def _naming(reporter: CheckRunReporter | CommitStatusReporter) -> dict[str, str]:
+    if isinstance(reporter, CheckRunReporter):
+        return {"name": reporter.name}
+    return {"context": reporter.context}

@@ -247,6 +247,31 @@ class CommitStatusReporter:
         return int(created.id)
 
 
+class BoundReporter:
+    """One event's reporter in the worker's shape (services.StatusReporter): start(status) -> ref.
+
+    The worker keeps `ref` (the check run or status id, as text) and hands it back to update().
+    """
+
+    def __init__(
+        self,
+        reporter: CheckRunReporter | CommitStatusReporter,
+        event: SourceEvent,
+        *,
+        details_url: str | None = None,
+    ) -> None:
+        self.reporter = reporter
+        self.event = event
+        self.details_url = details_url
+
+    def start(self, status: BuildStatus) -> str | None:
+        return str(self.reporter.start(self.event, status, self.details_url))
+
+    def update(self, ref: str, status: BuildStatus) -> str | None:
+        self.reporter.update(int(ref), status, self.event)
+        return ref
+
+
 def _check_run_fields(status: BuildStatus) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "output": {"title": status.title, "summary": _clip(status.summary, SUMMARY_MAX)},
