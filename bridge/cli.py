@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -46,6 +47,8 @@ def _serve(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     _require_config_file(path)
     config = load_config(path)
+    if args.poll_interval is not None:
+        config = replace(config, server=replace(config.server, poll_interval_seconds=args.poll_interval))
     configure_json_logging(os.environ.get("BRIDGE_LOG_LEVEL", "INFO"))
 
     from bridge import server
@@ -137,6 +140,16 @@ def _check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # -- entry point ----------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridge", description="Container builds on AWS CodeBuild for GitHub and GitLab webhooks."
@@ -147,7 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help=f"routing file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
-    serve.add_argument("--threads", type=int, help="request threads (default: server.threads in the config)")
+    serve.add_argument(
+        "--threads", type=_positive, help="request threads (default: server.threads in the config)"
+    )
+    serve.add_argument(
+        "--poll-interval",
+        type=_positive,
+        metavar="SECONDS",
+        help="poll running builds this often, overriding server.poll_interval_seconds (at least 1)",
+    )
 
     plan = commands.add_parser("plan", help="print the StartBuild request a webhook payload would make")
     plan.add_argument("--config", help=f"routing file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")

@@ -130,9 +130,12 @@ class ProviderReporters:
     the secret store once (rotation) before the error surfaces.
     """
 
-    def __init__(self, config: Config, secrets: SecretStore) -> None:
+    def __init__(
+        self, config: Config, secrets: SecretStore, *, github_write_interval: float | None = 1.0
+    ) -> None:
         self._config = config
         self._secrets = secrets
+        self._write_interval = github_write_interval  # GitHub's advice against secondary rate limits
         self._lock = threading.Lock()
         self._github: dict[object, github.Github] = {}
         self._gitlab: gitlab.Gitlab | None = None
@@ -159,6 +162,7 @@ class ProviderReporters:
                         private_key=self._secrets.get(settings.private_key, key="github.private_key"),
                         installation_id=event.installation_id,
                         repository=event.repository,
+                        seconds_between_writes=self._write_interval,
                     )
                     self._github[cache_key] = gh
             return CheckRunStatus(CheckRunReporter(gh, event.repository, name=route.context), event)
@@ -167,7 +171,9 @@ class ProviderReporters:
                 gh = self._github.get("token")
                 if gh is None:
                     gh = github_client(
-                        settings.api_url, self._secrets.get(settings.token, key="github.token")
+                        settings.api_url,
+                        self._secrets.get(settings.token, key="github.token"),
+                        seconds_between_writes=self._write_interval,
                     )
                     self._github["token"] = gh
             return CheckRunStatus(CommitStatusReporter(gh, event.repository, context=route.context), event)

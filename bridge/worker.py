@@ -44,6 +44,9 @@ RETRY_BASE_SECONDS: Final = 2.0
 RETRY_CAP_SECONDS: Final = 120.0
 CLAIM_BATCH: Final = 10
 DEFAULT_LEASE_SECONDS: Final = 60
+# A phase change inside a running build is worth a status update, but not one per phase: each
+# GitHub write costs a second of the App's write budget. State changes are always reported.
+PHASE_REPORT_INTERVAL_SECONDS: Final = 10.0
 _STATE_RANK: Final = {"queued": 0, "in_progress": 1, "completed": 2}
 
 
@@ -180,6 +183,7 @@ class Worker:
         poll_interval: float | None = None,
         lease_seconds: int = DEFAULT_LEASE_SECONDS,
         max_attempts: int = MAX_ATTEMPTS,
+        phase_report_interval: float = PHASE_REPORT_INTERVAL_SECONDS,
         sleep_rand: Callable[[], float] = random.random,
     ) -> None:
         self._services = services
@@ -188,6 +192,8 @@ class Worker:
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
         self._rand = sleep_rand
+        self._phase_report_interval = phase_report_interval
+        self._reported_at: dict[str, float] = {}  # build id → when its status was last posted
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.RLock()  # one build is updated by one path at a time (poll vs event)
@@ -219,6 +225,11 @@ class Worker:
     @property
     def started(self) -> bool:
         return self._thread is not None
+
+    @property
+    def poll_interval(self) -> float:
+        """The current interval between polls: the configured one, longer while polls fail."""
+        return self._backoff.interval
 
     def wake(self) -> None:
         """A delivery was accepted: start it now instead of at the next poll."""
@@ -368,6 +379,8 @@ class Worker:
             key = state_key(status)
             if key == last_key or _rank(key) < _rank(last_key):
                 return False  # nothing new, or an older state arriving late
+            if _rank(key) == _rank(last_key) and not status.done and self._reported_recently(build_id):
+                return False  # only the phase moved, and the commit was updated a moment ago
             return self._report(
                 build_id,
                 tracked.event,
@@ -423,10 +436,16 @@ class Worker:
             reporter_ref=reporter_ref,
             done=status.done or None,
         )
+        self._reported_at[build_id] = services.monotonic()
         if status.done:
+            self._reported_at.pop(build_id, None)
             services.metrics.builds.labels(status=status.build_status).inc()
             log.info("build finished", extra=extra)
         return True
+
+    def _reported_recently(self, build_id: str) -> bool:
+        last = self._reported_at.get(build_id)
+        return last is not None and self._services.monotonic() - last < self._phase_report_interval
 
     # -- (c) EventBridge via SNS -------------------------------------------------------------------
 

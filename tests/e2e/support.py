@@ -17,7 +17,7 @@ from typing import Any
 
 from bridge.config import Config, parse_config
 from bridge.secrets import SecretStore
-from bridge.services import LazyCodeBuild, ProviderReporters, Services
+from bridge.services import LazyCodeBuild, ProviderReporters, ReporterFactory, Services
 from bridge.store import Store
 from tests.fixtures import GITLAB_PAYLOADS, github_example
 from tests.signing import github_headers, standard_webhook_headers
@@ -131,8 +131,13 @@ def make_services(
     fetch_certificate: Callable[[str], bytes] | None = None,
     confirm_subscription: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    reporters: ReporterFactory | None = None,
 ) -> Services:
-    """Real collaborators; the builder's boto3 clients follow AWS_ENDPOINT_URL* (the aws_env fixture)."""
+    """Real collaborators; the builder's boto3 clients follow AWS_ENDPOINT_URL* (the aws_env fixture).
+
+    `clock` drives the store (lease and retry times) and signature timestamps alike.
+    """
     secrets = SecretStore(secretsmanager, environ=environ)
 
     def no_fetch(url: str) -> bytes:
@@ -140,14 +145,15 @@ def make_services(
 
     return Services(
         config=config,
-        store=Store(config.server.state_path),
+        store=Store(config.server.state_path, clock=clock),
         secrets=secrets,
         builder=LazyCodeBuild(REGION),
-        reporters=ProviderReporters(config, secrets),
+        reporters=reporters or ProviderReporters(config, secrets, github_write_interval=None),
         region=REGION,
         fetch_certificate=fetch_certificate or no_fetch,
         confirm_subscription=confirm_subscription or Recorder(),
         clock=clock,
+        monotonic=monotonic,
     )
 
 

@@ -1,0 +1,483 @@
+"""The worker against the CodeBuild double (over HTTP, botocore-validated), moto's CloudWatch Logs and
+the fake GitHub and GitLab APIs: starting builds exactly once, batched polls, EventBridge events,
+retries, and resuming from the store after a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge import events, routing
+from bridge.config import Config, Route
+from bridge.model import BuildStatus, Ignored, SourceEvent
+from bridge.plan import plan_build
+from bridge.services import Services, StatusReporter
+from bridge.worker import Worker, idempotency_seed, record_from_event, retry_delay, state_key
+from tests.e2e.support import (
+    GITHUB_PROJECT,
+    GITLAB_PROJECT,
+    codebuild_event,
+    github_payload,
+    gitlab_payload,
+    make_config,
+    make_services,
+    secret_env,
+)
+from tests.fakes.codebuild_double import CodeBuildDouble, Scenario
+from tests.fakes.github_api import FakeGitHub
+from tests.fakes.gitlab_api import FakeGitLab
+
+MAX_POLLS = 40
+
+
+class Clock:
+    """Time the test moves by hand: store leases, retry delays and report throttling follow it."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Rig:
+    config: Config
+    services: Services
+    worker: Worker
+    clock: Clock
+    double: CodeBuildDouble
+    github_api: FakeGitHub
+    gitlab_api: FakeGitLab
+    tmp_path: Path
+
+    def enqueue(self, event: SourceEvent | Ignored, delivery_id: str) -> Route:
+        """What the app does after verifying a delivery: route it and persist it."""
+        assert isinstance(event, SourceEvent)
+        route = routing.match_route(event, self.config.routes)
+        assert isinstance(route, Route), route
+        assert self.services.store.add_delivery(
+            delivery_id, event.provider, event.event_name, route.name, event
+        )
+        return route
+
+    def poll_until_done(self, step: float = 1.0) -> int:
+        """Poll like the worker loop does, `step` seconds apart; returns how many polls it took.
+
+        The default step is shorter than the phase report interval, so only state changes are posted.
+        """
+        for polls in range(1, MAX_POLLS + 1):
+            self.clock.advance(step)
+            self.worker.track_builds()
+            if not self.services.store.active_builds():
+                return polls
+        raise AssertionError("builds did not finish")
+
+
+def make_rig(
+    tmp_path: Path,
+    double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+    *,
+    reporters: Any = None,
+    state_file: str = "state.sqlite3",
+    **worker_options: Any,
+) -> Rig:
+    config = make_config(
+        tmp_path, github_url=github_api.url, gitlab_url=gitlab_api.url, state_path=str(tmp_path / state_file)
+    )
+    clock = Clock()
+    services = make_services(
+        config,
+        environ=secret_env(github_app_key=github_api.app_keys.private_key_pem, gitlab_token=gitlab_api.token),
+        clock=clock,
+        monotonic=clock,
+        reporters=reporters,
+    )
+    worker = Worker(services, sleep_rand=lambda: 0.0, **worker_options)
+    return Rig(config, services, worker, clock, double, github_api, gitlab_api, tmp_path)
+
+
+@pytest.fixture
+def rig(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+) -> Iterator[Rig]:
+    made = make_rig(tmp_path, codebuild_double, github_api, gitlab_api)
+    yield made
+    made.services.store.close()
+
+
+def github_push() -> SourceEvent | Ignored:
+    return events.from_github("push", github_payload("push", None, 4))
+
+
+def gitlab_push() -> SourceEvent | Ignored:
+    return events.from_gitlab("Push Hook", gitlab_payload("push"))
+
+
+def check_run_statuses(github_api: FakeGitHub) -> list[str]:
+    return [
+        f"{r.method} {r.json.get('status')}"
+        for r in github_api.requests
+        if "/check-runs" in r.path and r.method in ("POST", "PATCH")
+    ]
+
+
+class NoReports:
+    """A reporter factory for tests about CodeBuild traffic only."""
+
+    def __call__(self, event: SourceEvent, route: Route) -> StatusReporter | None:
+        return None
+
+
+# -- start and track -----------------------------------------------------------------------------------
+
+
+def test_github_build_runs_to_success_with_a_check_run(rig: Rig) -> None:
+    rig.enqueue(github_push(), "gh-1")
+
+    assert rig.worker.drain_pending() == 1
+    rig.poll_until_done()
+
+    starts = rig.double.calls("StartBuild")
+    assert len(starts) == 1
+    assert starts[0].params["projectName"] == GITHUB_PROJECT
+    assert check_run_statuses(rig.github_api) == ["POST queued", "PATCH in_progress", "PATCH completed"]
+    (run,) = rig.github_api.check_runs.values()
+    assert run["conclusion"] == "success"
+    assert run["name"] == "codebuild/hello"
+    assert run["head_sha"] == "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
+    assert run["external_id"] == rig.services.store.get_delivery("gh-1").build_id  # type: ignore[union-attr]
+    assert {r.identity for r in rig.github_api.requests if "/check-runs" in r.path} == {"installation:4242"}
+
+
+@pytest.mark.parametrize(
+    ("final", "gitlab_final"),
+    [("SUCCEEDED", "success"), ("FAILED", "failed"), ("STOPPED", "canceled"), ("TIMED_OUT", "failed")],
+)
+def test_gitlab_statuses_in_order(rig: Rig, final: str, gitlab_final: str) -> None:
+    rig.double.script_project(GITLAB_PROJECT, Scenario(final_status=final))
+    rig.enqueue(gitlab_push(), "gl-1")
+
+    rig.worker.drain_pending()
+    rig.poll_until_done()
+
+    sha = gitlab_payload("push")["checkout_sha"]
+    states = [state for (_, commit, name, state) in rig.gitlab_api.transitions if commit == sha]
+    assert states == ["pending", "running", gitlab_final]
+    assert {name for (_, _, name, _) in rig.gitlab_api.transitions} == {"codebuild/diaspora"}
+
+
+def test_phase_changes_are_reported_when_time_allows(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+) -> None:
+    """With no throttle every phase is one update; with the default only state changes are."""
+    eager = make_rig(tmp_path, codebuild_double, github_api, gitlab_api, phase_report_interval=0.0)
+    eager.enqueue(github_push(), "gh-phases")
+    eager.worker.drain_pending()
+    eager.poll_until_done()
+    statuses = check_run_statuses(github_api)
+    assert statuses[0] == "POST queued"
+    assert statuses[-1] == "PATCH completed"
+    assert statuses.count("PATCH in_progress") >= 6  # PROVISIONING, DOWNLOAD_SOURCE, ..., FINALIZING
+    eager.services.store.close()
+
+
+def test_build_that_cannot_start_fails_the_status(rig: Rig) -> None:
+    rig.double.mark_missing(GITLAB_PROJECT)
+    rig.enqueue(gitlab_push(), "gl-missing")
+
+    assert rig.worker.drain_pending() == 0
+
+    delivery = rig.services.store.get_delivery("gl-missing")
+    assert delivery is not None
+    assert delivery.state == "failed"
+    assert "ResourceNotFoundException" in (delivery.last_error or "")
+    assert [state for (*_, state) in rig.gitlab_api.transitions] == ["failed"]
+    assert rig.services.store.active_builds() == []
+
+
+# -- exactly once ----------------------------------------------------------------------------------------
+
+
+def test_crash_between_start_and_record_reuses_the_same_build(rig: Rig) -> None:
+    """StartBuild went through but the process died before mark_started: the token makes it one build."""
+    event = github_push()
+    route = rig.enqueue(event, "gh-crash")
+    assert isinstance(event, SourceEvent)
+    request = plan_build(
+        event, routing.build_options(route, event), idempotency_seed=idempotency_seed("gh-crash", route.name)
+    )
+    first = rig.services.builder.start(request)  # the call the crashed worker made
+
+    rig.worker.drain_pending()  # the restarted worker claims the delivery again
+
+    builds = {call.params["idempotencyToken"] for call in rig.double.calls("StartBuild")}
+    assert len(builds) == 1
+    assert rig.services.store.get_delivery("gh-crash").build_id == first["id"]  # type: ignore[union-attr]
+    assert len(rig.services.store.active_builds()) == 1
+
+
+def test_claimed_delivery_is_not_started_twice(rig: Rig) -> None:
+    rig.enqueue(gitlab_push(), "gl-once")
+    assert rig.worker.drain_pending() == 1
+    rig.clock.advance(3600)  # long after any lease
+    assert rig.worker.drain_pending() == 0
+    assert len(rig.double.calls("StartBuild")) == 1
+
+
+def test_rerun_starts_a_new_build_of_the_same_commit(rig: Rig) -> None:
+    rerun = events.from_github("check_run", github_payload("check_run", "rerequested"))
+    assert isinstance(rerun, SourceEvent)
+    assert rerun.kind == "rerun"
+    rig.enqueue(rerun, "rerun-1")
+    rig.enqueue(rerun, "rerun-2")  # a second click: a new delivery id
+
+    assert rig.worker.drain_pending() == 2
+
+    starts = rig.double.calls("StartBuild")
+    assert {call.params["sourceVersion"] for call in starts} == {rerun.sha}
+    assert len({call.params["idempotencyToken"] for call in starts}) == 2
+    assert len(rig.github_api.check_runs) == 2
+
+
+# -- retries ---------------------------------------------------------------------------------------------
+
+
+def test_retryable_start_failure_is_retried_with_backoff(rig: Rig) -> None:
+    """The concurrent-build quota is a retryable refusal botocore does not retry itself."""
+    rig.double.fail("StartBuild", "AccountLimitExceededException", count=2)
+    rig.enqueue(gitlab_push(), "gl-quota")
+
+    assert rig.worker.drain_pending() == 0
+    delivery = rig.services.store.get_delivery("gl-quota")
+    assert delivery is not None
+    assert delivery.state == "pending"
+    assert delivery.next_attempt_at == pytest.approx(rig.clock.now + retry_delay(1, rand=lambda: 0.0))
+    assert rig.worker.drain_pending() == 0  # not due yet: nothing is called
+    assert len(rig.double.calls("StartBuild")) == 1
+
+    rig.clock.advance(retry_delay(1, rand=lambda: 0.0) + 0.1)
+    assert rig.worker.drain_pending() == 0  # second refusal, twice the delay
+    rig.clock.advance(retry_delay(2, rand=lambda: 0.0) + 0.1)
+    assert rig.worker.drain_pending() == 1
+
+    assert len(rig.double.calls("StartBuild")) == 3
+    assert rig.gitlab_api.transitions[0][3] == "pending"  # no failure was ever shown
+
+
+def test_retries_give_up_after_max_attempts(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+) -> None:
+    made = make_rig(tmp_path, codebuild_double, github_api, gitlab_api, max_attempts=2)
+    codebuild_double.fail("StartBuild", "AccountLimitExceededException", count=5)
+    made.enqueue(gitlab_push(), "gl-give-up")
+    made.worker.drain_pending()
+    made.clock.advance(600)
+    made.worker.drain_pending()
+    assert made.services.store.get_delivery("gl-give-up").state == "failed"  # type: ignore[union-attr]
+    assert [state for (*_, state) in gitlab_api.transitions] == ["failed"]
+    made.services.store.close()
+
+
+def test_throttled_calls_are_absorbed_by_botocore_retries(rig: Rig) -> None:
+    rig.double.throttle(1, "StartBuild")
+    rig.enqueue(gitlab_push(), "gl-throttled")
+    assert rig.worker.drain_pending() == 1
+
+    assert [c.status for c in rig.double.calls("StartBuild")] == [400, 200]
+    assert [state for (*_, state) in rig.gitlab_api.transitions] == ["pending"]
+
+
+def test_a_failing_status_post_is_retried_by_the_next_poll(rig: Rig) -> None:
+    rig.enqueue(gitlab_push(), "gl-flaky")
+    rig.worker.drain_pending()
+    rig.gitlab_api.fail_next(500, times=10)  # python-gitlab retries 3 times itself; the poll retries after
+    rig.clock.advance(5)
+    rig.worker.track_builds()
+    rig.poll_until_done()
+    assert [state for (*_, state) in rig.gitlab_api.transitions][-1] == "success"
+
+
+# -- batched polling ---------------------------------------------------------------------------------------
+
+
+def test_150_builds_cost_two_batch_calls_per_poll(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+) -> None:
+    made = make_rig(tmp_path, codebuild_double, github_api, gitlab_api, reporters=NoReports())
+    event = gitlab_push()
+    for n in range(150):
+        made.enqueue(event, f"bulk-{n}")
+    assert made.worker.drain_pending() == 150
+    assert len(made.services.store.active_builds()) == 150
+
+    made.worker.track_builds()
+    made.worker.track_builds()
+
+    batches = codebuild_double.calls("BatchGetBuilds")
+    assert len(batches) == 4
+    assert sorted(len(call.params["ids"]) for call in batches[:2]) == [50, 100]
+    made.services.store.close()
+
+
+def test_poll_failure_backs_off_and_recovers(rig: Rig) -> None:
+    rig.enqueue(gitlab_push(), "gl-backoff")
+    rig.worker.drain_pending()
+    rig.double.fail("BatchGetBuilds", "AccessDeniedException", count=1)
+    assert rig.worker.track_builds() == 0
+    assert rig.worker.poll_interval == 2 * rig.services.poll_interval
+    rig.clock.advance(11)
+    assert rig.worker.track_builds() == 1
+    assert rig.worker.poll_interval == rig.services.poll_interval
+    rig.poll_until_done()
+
+
+# -- EventBridge ---------------------------------------------------------------------------------------------
+
+
+def test_eventbridge_event_finishes_the_status_without_a_poll(rig: Rig) -> None:
+    rig.enqueue(gitlab_push(), "gl-event")
+    rig.worker.drain_pending()
+    (tracked,) = rig.services.store.active_builds()
+    record = rig.double.build(tracked.build_id)
+    done = {**record, "buildStatus": "FAILED", "buildComplete": True, "currentPhase": "COMPLETED"}
+    detail = codebuild_event(done)["detail"]
+
+    assert rig.worker.handle_codebuild_event(detail) is True
+    assert rig.worker.handle_codebuild_event(detail) is False  # a duplicate event changes nothing
+
+    assert rig.services.store.active_builds() == []
+    assert [state for (*_, state) in rig.gitlab_api.transitions] == ["pending", "failed"]
+    assert rig.double.calls("BatchGetBuilds") == []
+    rig.worker.track_builds()  # the backup poll has nothing left to do
+    assert rig.double.calls("BatchGetBuilds") == []
+
+
+def test_late_event_never_moves_a_status_backwards(rig: Rig) -> None:
+    rig.enqueue(gitlab_push(), "gl-late")
+    rig.worker.drain_pending()
+    (tracked,) = rig.services.store.active_builds()
+    for _ in range(4):  # into DOWNLOAD_SOURCE: running
+        rig.worker.track_builds()
+    queued = {**rig.double.build(tracked.build_id), "currentPhase": "QUEUED", "buildStatus": "IN_PROGRESS"}
+    assert rig.worker.handle_codebuild_event(codebuild_event(queued)["detail"]) is False
+    assert [state for (*_, state) in rig.gitlab_api.transitions] == ["pending", "running"]
+
+
+def test_events_for_builds_bridge_did_not_start_are_ignored(rig: Rig) -> None:
+    detail = {
+        "build-id": "arn:aws:codebuild:eu-west-1:123456789012:build/other:1234",
+        "build-status": "SUCCEEDED",
+        "project-name": "other",
+    }
+    assert rig.worker.handle_codebuild_event(detail) is False
+
+
+def test_record_from_event_reads_the_documented_fields() -> None:
+    detail = {
+        "build-status": "FAILED",
+        "project-name": "p",
+        "build-id": "arn:aws:codebuild:us-west-2:123456789012:build/p:8745a7a9",
+        "current-phase": "COMPLETED",
+        "additional-information": {
+            "build-complete": True,
+            "build-number": 55,
+            "logs": {"group-name": "/aws/codebuild/p", "stream-name": "8745a7a9", "deep-link": "https://x"},
+            "phases": [
+                {"phase-type": "BUILD", "phase-status": "FAILED", "duration-in-seconds": 3},
+                {"phase-type": "COMPLETED", "start-time": "Sep 1, 2017 4:14:21 PM"},
+            ],
+        },
+    }
+    record = record_from_event(detail)
+    assert record["id"] == "p:8745a7a9"
+    assert record["buildComplete"] is True
+    assert record["buildNumber"] == 55
+    assert record["logs"]["groupName"] == "/aws/codebuild/p"
+    assert record["phases"][0] == {
+        "phaseType": "BUILD",
+        "phaseStatus": "FAILED",
+        "startTime": None,
+        "endTime": None,
+        "durationInSeconds": 3,
+        "contexts": None,
+    }
+
+
+# -- restart -------------------------------------------------------------------------------------------------
+
+
+def test_a_new_worker_resumes_pending_deliveries_and_active_builds(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+) -> None:
+    before = make_rig(tmp_path, codebuild_double, github_api, gitlab_api)
+    before.enqueue(gitlab_push(), "gl-running")
+    before.worker.drain_pending()
+    before.worker.track_builds()
+    before.enqueue(github_push(), "gh-pending")  # accepted, never started
+    before.services.store.close()
+
+    after = make_rig(tmp_path, codebuild_double, github_api, gitlab_api)
+    after.worker.start()
+    try:
+        for _ in range(MAX_POLLS * 10):
+            if after.double.calls("StartBuild") and len(after.double.calls("StartBuild")) == 2:
+                break
+            after.worker.wake()
+            time.sleep(0.05)
+        after.poll_until_done()
+    finally:
+        after.worker.stop()
+    assert not after.worker.running
+    assert len(codebuild_double.calls("StartBuild")) == 2
+    assert [state for (*_, state) in gitlab_api.transitions][-1] == "success"
+    (run,) = github_api.check_runs.values()
+    assert run["conclusion"] == "success"
+    after.services.store.close()
+
+
+def test_state_key_orders_states() -> None:
+    status = BuildStatus(
+        build_id="p:1",
+        build_number=1,
+        build_status="IN_PROGRESS",
+        state="in_progress",
+        conclusion=None,
+        title="t",
+        summary="s",
+        phases=(),
+        current_phase="BUILD",
+        console_url="",
+    )
+    assert state_key(status) == "in_progress|IN_PROGRESS|BUILD"
