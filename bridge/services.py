@@ -92,21 +92,6 @@ class Services:
 # -- reporters ------------------------------------------------------------------------------------
 
 
-class CheckRunStatus:
-    """GitHub App: one check run per build (the ref is its id)."""
-
-    def __init__(self, reporter: Any, event: SourceEvent) -> None:
-        self._reporter = reporter
-        self._event = event
-
-    def start(self, status: BuildStatus) -> str | None:
-        return str(self._reporter.start(self._event, status, status.console_url or None))
-
-    def update(self, ref: str, status: BuildStatus) -> str | None:
-        self._reporter.update(int(ref), status, self._event)
-        return ref
-
-
 class GitLabStatus:
     """GitLab commit statuses: addressed by commit and name, so no ref is needed (one is kept anyway)."""
 
@@ -146,7 +131,12 @@ class ProviderReporters:
         return self._gitlab_reporter(event, route)
 
     def _github_reporter(self, event: SourceEvent, route: Route) -> StatusReporter | None:
-        from bridge.reporters.github import CheckRunReporter, CommitStatusReporter, github_client
+        from bridge.reporters.github import (
+            BoundReporter,
+            CheckRunReporter,
+            CommitStatusReporter,
+            github_client,
+        )
 
         settings = self._config.github
         if settings is None:
@@ -165,7 +155,7 @@ class ProviderReporters:
                         seconds_between_writes=self._write_interval,
                     )
                     self._github[cache_key] = gh
-            return CheckRunStatus(CheckRunReporter(gh, event.repository, name=route.context), event)
+            return BoundReporter(CheckRunReporter(gh, event.repository, name=route.context), event)
         if settings.token is not None:
             with self._lock:
                 gh = self._github.get("token")
@@ -176,7 +166,7 @@ class ProviderReporters:
                         seconds_between_writes=self._write_interval,
                     )
                     self._github["token"] = gh
-            return CheckRunStatus(CommitStatusReporter(gh, event.repository, context=route.context), event)
+            return BoundReporter(CommitStatusReporter(gh, event.repository, context=route.context), event)
         log.warning(
             "no GitHub credentials configured; statuses are not reported", extra={"route": route.name}
         )

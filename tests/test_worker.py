@@ -91,15 +91,22 @@ def make_rig(
     *,
     reporters: Any = None,
     state_file: str = "state.sqlite3",
+    config_options: dict[str, Any] | None = None,
+    extra_env: dict[str, str] | None = None,
     **worker_options: Any,
 ) -> Rig:
     config = make_config(
-        tmp_path, github_url=github_api.url, gitlab_url=gitlab_api.url, state_path=str(tmp_path / state_file)
+        tmp_path,
+        github_url=github_api.url,
+        gitlab_url=gitlab_api.url,
+        state_path=str(tmp_path / state_file),
+        **(config_options or {}),
     )
     clock = Clock()
+    environ = secret_env(github_app_key=github_api.app_keys.private_key_pem, gitlab_token=gitlab_api.token)
     services = make_services(
         config,
-        environ=secret_env(github_app_key=github_api.app_keys.private_key_pem, gitlab_token=gitlab_api.token),
+        environ={**environ, **(extra_env or {})},
         clock=clock,
         monotonic=clock,
         reporters=reporters,
@@ -163,6 +170,36 @@ def test_github_build_runs_to_success_with_a_check_run(rig: Rig) -> None:
     assert run["head_sha"] == "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
     assert run["external_id"] == rig.services.store.get_delivery("gh-1").build_id  # type: ignore[union-attr]
     assert {r.identity for r in rig.github_api.requests if "/check-runs" in r.path} == {"installation:4242"}
+
+
+def test_without_an_app_a_token_posts_commit_statuses(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+) -> None:
+    token = github_api.add_token("ghp_statuses_only_0123456789", kind="pat")
+    made = make_rig(
+        tmp_path,
+        codebuild_double,
+        github_api,
+        gitlab_api,
+        config_options={"app_key": False},
+        extra_env={"GITHUB_TOKEN_FOR_STATUSES": token},
+    )
+    codebuild_double.script_project(GITHUB_PROJECT, Scenario(final_status="FAULT"))
+    made.enqueue(github_push(), "gh-pat")
+    made.worker.drain_pending()
+    made.poll_until_done()
+
+    assert github_api.check_runs == {}
+    assert [(s["context"], s["state"]) for s in github_api.statuses] == [
+        ("codebuild/hello", "pending"),
+        ("codebuild/hello", "pending"),
+        ("codebuild/hello", "error"),  # CodeBuild's own fault, not the change's
+    ]
+    made.services.store.close()
 
 
 @pytest.mark.parametrize(
