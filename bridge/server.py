@@ -20,12 +20,12 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from gunicorn.glogging import Logger as GunicornLogger  # type: ignore[import-untyped]
 
+from bridge.app import WORKER_KEY
 from bridge.logs import JsonFormatter
 
 log = logging.getLogger("bridge.server")
 
 GRACEFUL_TIMEOUT_SECONDS: Final = 30
-WORKER_KEY: Final = "bridge.worker"  # where create_app keeps the worker (app.extensions)
 
 
 class JsonLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no type hints

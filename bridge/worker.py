@@ -381,6 +381,8 @@ class Worker:
                 return False  # nothing new, or an older state arriving late
             if _rank(key) == _rank(last_key) and not status.done and self._reported_recently(build_id):
                 return False  # only the phase moved, and the commit was updated a moment ago
+            if status.done and status.conclusion != "success":
+                status = self._with_log_tail(record, status)
             return self._report(
                 build_id,
                 tracked.event,
@@ -442,6 +444,22 @@ class Worker:
             services.metrics.builds.labels(status=status.build_status).inc()
             log.info("build finished", extra=extra)
         return True
+
+    def _with_log_tail(self, record: BuildRecord, status: BuildStatus) -> BuildStatus:
+        """A failed build's status with the end of its log, which usually names the failure.
+
+        One read of what CloudWatch holds (no waiting for late lines): a failure to read is logged
+        and the status goes out without the tail.
+        """
+        region = region_of_build(record, self._services.region)
+        try:
+            lines = self._services.builder.log_tail(record).poll(record)
+        except Exception as exc:
+            log.warning(
+                "could not read the build log", extra={"build_id": status.build_id, "error": _describe(exc)}
+            )
+            return status
+        return build_status(record, region=region, log_tail=lines) if lines else status
 
     def _reported_recently(self, build_id: str) -> bool:
         last = self._reported_at.get(build_id)

@@ -238,6 +238,18 @@ def test_phase_changes_are_reported_when_time_allows(
     eager.services.store.close()
 
 
+def test_failed_build_reports_the_end_of_its_log(rig: Rig) -> None:
+    lines = {"BUILD": ["step 1/3 : FROM python", "npm ERR! missing script: image"]}
+    rig.double.script_project(GITHUB_PROJECT, Scenario(final_status="FAILED", log_lines=lines))
+    rig.enqueue(github_push(), "gh-failed")
+    rig.worker.drain_pending()
+    rig.poll_until_done()
+
+    (run,) = rig.github_api.check_runs.values()
+    assert run["conclusion"] == "failure"
+    assert "npm ERR! missing script: image" in run["output"]["summary"]
+
+
 def test_build_that_cannot_start_fails_the_status(rig: Rig) -> None:
     rig.double.mark_missing(GITLAB_PROJECT)
     rig.enqueue(gitlab_push(), "gl-missing")
