@@ -41,6 +41,9 @@ NO_CREDENTIALS_HINT = (
     "and give the job `permissions: id-token: write`"
 )
 LOG_TAIL_LINES = 50
+# A check run shows progress, not a live feed: at most one non-final update this often, so a fast
+# build does not spend GitHub's write budget (and PyGithub's one-second write spacing) per phase.
+CHECK_UPDATE_MIN_SECONDS = 10.0
 _PHASE_LINE = re.compile(r"Entering phase ([A-Z_]+)")
 # GitHub context passed to the build as plain values, so a buildspec can tag or label with them.
 CONTEXT_VARIABLES = (
@@ -111,8 +114,10 @@ def read_inputs(env: Mapping[str, str]) -> ActionInputs:
         poll_seconds = float(poll)
     except ValueError:
         poll_seconds = -1.0
-    if not 1 <= poll_seconds <= 300:
-        raise InputError("poll-interval-seconds", "expected a number of seconds from 1 to 300")
+    if not 0.1 <= poll_seconds <= 300:
+        raise InputError(
+            "poll-interval-seconds", "expected a number of seconds from 0.1 to 300", hint="the default is 10"
+        )
     check_name = _input(env, "check-name", "codebuild/{project}").replace("{project}", project)
     token = _input(env, "github-token")
     options = BuildOptions(
@@ -194,6 +199,7 @@ class BuildRun:
         checks: CheckRunReporter | None,
         describe_image_digest: Callable[[str], str | None],
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inputs = inputs
         self.event = event
@@ -204,6 +210,8 @@ class BuildRun:
         self.checks = checks
         self.describe_image_digest = describe_image_digest
         self.sleep = sleep
+        self.clock = clock
+        self.last_report_at = float("-inf")
         self.check_run_id: int | None = None
         self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         self.last_reported: tuple[str, str | None] | None = None
@@ -212,11 +220,15 @@ class BuildRun:
         return build_status(build, region=self.region, log_tail=tuple(self.tail))
 
     def _report(self, status: BuildStatus, *, force: bool = False) -> None:
-        """Update the check on phase changes only: one API call a phase, not one a poll."""
+        """Update the check on phase changes, at most every CHECK_UPDATE_MIN_SECONDS until the end."""
         key = (status.build_status, status.current_phase)
-        if self.checks is None or self.check_run_id is None or (key == self.last_reported and not force):
+        if self.checks is None or self.check_run_id is None:
+            return
+        recent = self.clock() - self.last_report_at < CHECK_UPDATE_MIN_SECONDS
+        if not force and (key == self.last_reported or recent):
             return
         self.last_reported = key
+        self.last_report_at = self.clock()
         try:
             self.checks.update(self.check_run_id, status)
         except ReporterError as error:
@@ -226,7 +238,9 @@ class BuildRun:
         if self.checks is None:
             return
         try:
-            self.check_run_id = self.checks.start(self.event, status, status.console_url)
+            # The step is running from the user's point of view: the check starts in_progress.
+            running = replace(status, state="in_progress") if status.state == "queued" else status
+            self.check_run_id = self.checks.start(self.event, running, status.console_url)
         except ReporterError as error:
             self.commands.warning(f"no check run: {error}", title="check run")
             self.checks = None
@@ -282,14 +296,11 @@ class BuildRun:
         self._emit(list(tail.drain(build)))
         self.commands.end_group()
         status = self._status(build)
-        if status.image_uri and not status.image_digest:
-            status = _with_digest(status, self.describe_image_digest(status.image_uri))
+        image_uri = status.image_uri or self.request.image_uri
+        if status.build_status == "SUCCEEDED" and image_uri and not status.image_digest:
+            status = replace(status, image_uri=image_uri, image_digest=self.describe_image_digest(image_uri))
         self._report(status, force=True)
         return build, status
-
-
-def _with_digest(status: BuildStatus, digest: str | None) -> BuildStatus:
-    return replace(status, image_digest=digest) if digest else status
 
 
 def outputs_for(build: BuildRecord, status: BuildStatus, request: BuildRequest) -> dict[str, str]:

@@ -1,0 +1,468 @@
+"""The Action end to end: entrypoint.py as the runner starts it, against real local services.
+
+Each test writes a real event file from @octokit/webhooks-examples, runs entrypoint.py as a
+subprocess with the runner's environment (INPUT_* with hyphens kept, GITHUB_*), and checks what a
+user sees: the StartBuild request CodeBuild received, the outputs file, the step summary, the
+check-run requests GitHub received, the job log and the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.fakes.codebuild_double import CodeBuildDouble, Scenario
+from tests.fakes.github_api import FakeGitHub
+from tests.fixtures import github_example, github_examples
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRYPOINT = ROOT / "entrypoint.py"
+PROJECT = "codebuild-flex"
+ECR_REPO = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web"
+DIGEST = "sha256:" + "ab" * 32
+TOKEN = "ghs_actionsTokenValue0123456789abcdef"  # a value that must never leak
+
+
+@dataclass
+class ActionRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    outputs: dict[str, str]
+    summary: str
+
+
+def parse_outputs(text: str) -> dict[str, str]:
+    """Read $GITHUB_OUTPUT the way the runner does (`name<<DELIM` blocks and `name=value` lines)."""
+    outputs: dict[str, str] = {}
+    lines = iter(text.splitlines())
+    for line in lines:
+        if "<<" in line:
+            name, delimiter = line.split("<<", 1)
+            value: list[str] = []
+            for body in lines:
+                if body == delimiter:
+                    break
+                value.append(body)
+            outputs[name] = "\n".join(value)
+        elif "=" in line:
+            name, value_text = line.split("=", 1)
+            outputs[name] = value_text
+    return outputs
+
+
+def unescape_command(line: str) -> str:
+    """Workflow-command data as the runner decodes it (%25, %0D, %0A)."""
+    return line.replace("%0A", "\n").replace("%0D", "\r").replace("%25", "%")
+
+
+def runner_env(
+    tmp_path: Path,
+    aws_env: Mapping[str, str],
+    github_api: FakeGitHub,
+    event_name: str,
+    payload: Mapping[str, Any],
+    inputs: Mapping[str, str],
+    *,
+    github_sha: str,
+    github_ref: str,
+) -> dict[str, str]:
+    event_path = tmp_path / "event.json"
+    event_path.write_text(json.dumps(payload))
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        **aws_env,
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_EVENT_NAME": event_name,
+        "GITHUB_EVENT_PATH": str(event_path),
+        "GITHUB_SHA": github_sha,
+        "GITHUB_REF": github_ref,
+        "GITHUB_REPOSITORY": payload["repository"]["full_name"],
+        "GITHUB_SERVER_URL": "https://github.com",
+        "GITHUB_API_URL": github_api.url,
+        "GITHUB_RUN_ID": "9876543210",
+        "GITHUB_RUN_ATTEMPT": "1",
+        "GITHUB_RUN_NUMBER": "42",
+        "GITHUB_JOB": "image",
+        "GITHUB_ACTION": "__codebuild-bridge_bridge",
+        "GITHUB_ACTOR": "octocat",
+        "GITHUB_WORKFLOW": "build",
+        "GITHUB_OUTPUT": str(tmp_path / "output.txt"),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+        "INPUT_PROJECT-NAME": PROJECT,
+        "INPUT_GITHUB-TOKEN": TOKEN,
+        "INPUT_POLL-INTERVAL-SECONDS": "0.1",
+    }
+    env.update({f"INPUT_{name.upper()}": value for name, value in inputs.items()})
+    return env
+
+
+def collect(tmp_path: Path, returncode: int, stdout: str, stderr: str) -> ActionRun:
+    output_file = tmp_path / "output.txt"
+    summary_file = tmp_path / "summary.md"
+    return ActionRun(
+        returncode=returncode,
+        stdout=stdout,
+        stderr=stderr,
+        outputs=parse_outputs(output_file.read_text()) if output_file.exists() else {},
+        summary=summary_file.read_text() if summary_file.exists() else "",
+    )
+
+
+def run_action(env: Mapping[str, str], tmp_path: Path, timeout: float = 60) -> ActionRun:
+    try:
+        done = subprocess.run(
+            [sys.executable, str(ENTRYPOINT)],
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=tmp_path,
+        )
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(
+            f"the Action did not finish in {timeout} s; its output:\n{expired.output!r}\n{expired.stderr!r}"
+        )
+    return collect(tmp_path, done.returncode, done.stdout, done.stderr)
+
+
+def push_payload() -> dict[str, Any]:
+    """The first published branch push (the package also has tag pushes and deletions)."""
+    examples = github_examples("push")
+    index = next(i for i, e in enumerate(examples) if e["ref"].startswith("refs/heads/") and not e["deleted"])
+    return github_example("push", index=index)
+
+
+def build_lines() -> dict[str, list[str]]:
+    return {
+        "DOWNLOAD_SOURCE": ["[Container] 2026/11/23 01:00:00.000001 Entering phase DOWNLOAD_SOURCE"],
+        "BUILD": [
+            "[Container] 2026/11/23 01:00:05.000001 Entering phase BUILD",
+            "Step 1/3 : FROM scratch",
+            "::add-mask::not-a-command-from-the-build",
+            "::set-output name=image-digest::sha256:forged",
+            "Successfully built 0123456789ab",
+        ],
+        "POST_BUILD": ["[Container] 2026/11/23 01:00:09.000001 Entering phase POST_BUILD", "pushed"],
+    }
+
+
+@pytest.fixture
+def actions_token(github_api: FakeGitHub) -> str:
+    return github_api.add_token(TOKEN, kind="actions")
+
+
+@pytest.fixture
+def push_env(
+    tmp_path: Path, aws_env: dict[str, str], github_api: FakeGitHub, actions_token: str
+) -> dict[str, str]:
+    payload = push_payload()
+    return runner_env(
+        tmp_path,
+        aws_env,
+        github_api,
+        "push",
+        payload,
+        {
+            "image-repository": ECR_REPO,
+            "env-vars": "NODE_ENV=production\nNPM_TOKEN=secretsmanager:ci/npm:token\nDB_URL=ssm:/ci/db-url",
+        },
+        github_sha=payload["after"],
+        github_ref=payload["ref"],
+    )
+
+
+def check_run_requests(github_api: FakeGitHub) -> list[tuple[str, dict[str, Any]]]:
+    return [(r.method, r.json) for r in github_api.requests if "/check-runs" in r.path]
+
+
+def test_push_builds_this_commit_streams_logs_reports_check_and_sets_outputs(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble, github_api: FakeGitHub
+) -> None:
+    sha = json.loads(Path(push_env["GITHUB_EVENT_PATH"]).read_text())["after"]
+    codebuild_double.script_next(
+        Scenario(
+            log_lines=build_lines(), exported_env={"IMAGE_URI": f"{ECR_REPO}:{sha}", "IMAGE_DIGEST": DIGEST}
+        )
+    )
+
+    run = run_action(push_env, tmp_path)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [start] = codebuild_double.calls("StartBuild")
+    params = start.params
+    assert params["projectName"] == PROJECT
+    assert params["sourceVersion"] == sha
+    assert params["sourceTypeOverride"] == "GITHUB"
+    assert params["sourceLocationOverride"] == "https://github.com/Codertocat/Hello-World.git"
+    assert params["buildspecOverride"] == files("bridge").joinpath("data/buildspec-image.yml").read_text()
+    assert params["idempotencyToken"]
+    variables = {v["name"]: (v["type"], v["value"]) for v in params["environmentVariablesOverride"]}
+    assert variables["NODE_ENV"] == ("PLAINTEXT", "production")
+    assert variables["NPM_TOKEN"] == ("SECRETS_MANAGER", "ci/npm:token")
+    assert variables["DB_URL"] == ("PARAMETER_STORE", "/ci/db-url")
+    assert variables["GITHUB_RUN_ID"] == ("PLAINTEXT", "9876543210")
+    assert variables["IMAGE_URI"] == ("PLAINTEXT", f"{ECR_REPO}:{sha}")
+
+    build_id = run.outputs["build-id"]
+    assert build_id.startswith(f"{PROJECT}:")
+    assert run.outputs["build-status"] == "SUCCEEDED"
+    assert run.outputs["build-number"] == "1"
+    assert run.outputs["image-uri"] == f"{ECR_REPO}:{sha}"
+    assert run.outputs["image-digest"] == DIGEST
+    assert "codesuite/codebuild" in run.outputs["build-url"]
+    assert "| BUILD |" in run.summary
+    assert "SUCCEEDED" in run.summary or "succeeded" in run.summary
+
+    # The log is streamed, grouped by phase, and the build's own lines cannot issue commands.
+    assert "::group::BUILD" in run.stdout
+    assert "Successfully built 0123456789ab" in run.stdout
+    lines = run.stdout.splitlines()
+    forged = lines.index("::set-output name=image-digest::sha256:forged")
+    opened = max(i for i, line in enumerate(lines[:forged]) if line.startswith("::stop-commands::"))
+    token = lines[opened].removeprefix("::stop-commands::")
+    assert f"::{token}::" in lines[forged:]
+
+    checks = check_run_requests(github_api)
+    method, created = checks[0]
+    assert method == "POST"
+    assert created["name"] == f"codebuild/{PROJECT}"
+    assert created["head_sha"] == sha
+    assert created["details_url"] == run.outputs["build-url"]
+    assert checks[-1][0] == "PATCH"
+    assert checks[-1][1]["status"] == "completed"
+    assert checks[-1][1]["conclusion"] == "success"
+    assert "BUILD" in checks[-1][1]["output"]["summary"]
+
+    # The token is only ever printed inside the runner's add-mask command.
+    leaked = [line for line in (run.stdout + run.stderr).splitlines() if TOKEN in line]
+    assert leaked == [f"::add-mask::{TOKEN}"]
+
+
+def test_pull_request_from_a_fork_builds_the_head_commit_of_the_head_repository(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    github_api: FakeGitHub,
+    actions_token: str,
+    codebuild_double: CodeBuildDouble,
+) -> None:
+    payload = github_example("pull_request", "opened")
+    payload["pull_request"]["head"]["repo"] = dict(
+        payload["pull_request"]["head"]["repo"],
+        full_name="forker/Hello-World",
+        clone_url="https://github.com/forker/Hello-World.git",
+    )
+    merge_sha = "f" * 40  # GITHUB_SHA of a pull_request run is the test merge commit
+    env = runner_env(
+        tmp_path,
+        aws_env,
+        github_api,
+        "pull_request",
+        payload,
+        {},
+        github_sha=merge_sha,
+        github_ref=f"refs/pull/{payload['number']}/merge",
+    )
+    run = run_action(env, tmp_path)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [start] = codebuild_double.calls("StartBuild")
+    assert start.params["sourceVersion"] == payload["pull_request"]["head"]["sha"]
+    assert start.params["sourceVersion"] != merge_sha
+    assert start.params["sourceLocationOverride"] == "https://github.com/forker/Hello-World.git"
+
+
+@pytest.mark.parametrize(
+    ("final_status", "conclusion"),
+    [("FAILED", "failure"), ("FAULT", "failure"), ("TIMED_OUT", "timed_out"), ("STOPPED", "cancelled")],
+)
+def test_a_build_that_does_not_succeed_fails_the_job_and_the_check(
+    tmp_path: Path,
+    push_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    final_status: str,
+    conclusion: str,
+) -> None:
+    codebuild_double.script_next(Scenario(final_status=final_status, log_lines=build_lines()))
+
+    run = run_action(push_env, tmp_path)
+
+    assert run.returncode == 1
+    assert run.outputs["build-status"] == final_status
+    assert run.outputs["image-digest"] == ""
+    errors = [line for line in run.stdout.splitlines() if line.startswith("::error")]
+    assert len(errors) == 1
+    assert run.outputs["build-url"] in unescape_command(errors[0])
+    assert check_run_requests(github_api)[-1][1]["conclusion"] == conclusion
+
+
+def test_wait_false_returns_right_after_the_start(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble, github_api: FakeGitHub
+) -> None:
+    codebuild_double.script_next(Scenario(polls_per_phase=1000))
+    run = run_action({**push_env, "INPUT_WAIT": "false"}, tmp_path)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len(codebuild_double.calls("StartBuild")) == 1
+    assert codebuild_double.calls("BatchGetBuilds") == []
+    assert run.outputs["build-status"] == "IN_PROGRESS"
+    assert run.outputs["build-id"].startswith(f"{PROJECT}:")
+    checks = check_run_requests(github_api)
+    assert [method for method, _ in checks] == ["POST"]
+    assert checks[0][1]["status"] == "in_progress"
+
+
+def test_without_aws_credentials_one_error_line_names_the_step_to_add(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble
+) -> None:
+    env = {k: v for k, v in push_env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    run = run_action(env, tmp_path)
+
+    assert run.returncode == 3
+    errors = [line for line in run.stdout.splitlines() if line.startswith("::error")]
+    assert len(errors) == 1
+    assert "configure-aws-credentials" in errors[0]
+    assert codebuild_double.calls("StartBuild") == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        ("env-vars", "API_KEY hunter2-is-not-printed", "env-vars"),
+        ("image-repository", "Not A Registry", "image-repository"),
+        ("timeout-minutes", "3", "timeout-minutes"),
+        ("wait", "sometimes", "wait"),
+        ("poll-interval-seconds", "0", "poll-interval-seconds"),
+        ("project-name", "", "project-name"),
+    ],
+)
+def test_a_bad_input_is_one_error_naming_it_and_starts_nothing(
+    tmp_path: Path,
+    push_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    name: str,
+    value: str,
+    named: str,
+) -> None:
+    run = run_action({**push_env, f"INPUT_{name.upper()}": value}, tmp_path)
+
+    assert run.returncode == 2
+    errors = [line for line in run.stdout.splitlines() if line.startswith("::error")]
+    assert len(errors) == 1
+    assert named in errors[0]
+    assert "hunter2" not in run.stdout + run.stderr
+    assert codebuild_double.calls("StartBuild") == []
+
+
+def test_cancelling_the_workflow_stops_the_build_and_cancels_the_check(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble, github_api: FakeGitHub
+) -> None:
+    codebuild_double.script_next(Scenario(polls_per_phase={"BUILD": 100_000}, log_lines=build_lines()))
+    process = subprocess.Popen(
+        [sys.executable, str(ENTRYPOINT)],
+        env=push_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            builds = codebuild_double.calls("StartBuild")
+            if builds and codebuild_double.calls("BatchGetBuilds"):
+                break
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 130, stdout + stderr
+    [stop] = codebuild_double.calls("StopBuild")
+    build_id = stop.params["id"]
+    assert codebuild_double.build(build_id)["buildStatus"] == "STOPPED"
+    assert check_run_requests(github_api)[-1][1]["conclusion"] == "cancelled"
+
+
+def test_a_token_without_checks_permission_warns_and_the_build_still_runs(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble, github_api: FakeGitHub
+) -> None:
+    github_api.add_token(TOKEN, kind="actions", permissions={"metadata": "read"})
+    run = run_action(push_env, tmp_path)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert any(line.startswith("::warning") and "checks: write" in line for line in run.stdout.splitlines())
+    assert run.outputs["build-status"] == "SUCCEEDED"
+    assert [method for method, _ in check_run_requests(github_api)] == ["POST"]
+
+
+def test_an_empty_check_name_reports_no_check(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble, github_api: FakeGitHub
+) -> None:
+    run = run_action({**push_env, "INPUT_CHECK-NAME": ""}, tmp_path)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert github_api.requests == []
+
+
+def test_the_digest_comes_from_ecr_when_the_build_did_not_export_it(
+    tmp_path: Path,
+    push_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    boto_session: boto3.session.Session,
+) -> None:
+    sha = json.loads(Path(push_env["GITHUB_EVENT_PATH"]).read_text())["after"]
+    ecr = boto_session.client("ecr")
+    ecr.create_repository(repositoryName="web")
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": 2,
+                "digest": DIGEST,
+            },
+            "layers": [],
+        }
+    )
+    ecr.put_image(repositoryName="web", imageManifest=manifest, imageTag=sha)
+    expected = ecr.describe_images(repositoryName="web", imageIds=[{"imageTag": sha}])["imageDetails"][0][
+        "imageDigest"
+    ]
+
+    run = run_action(push_env, tmp_path)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.outputs["image-digest"] == expected
+
+
+def test_throttled_polls_are_absorbed_and_the_build_finishes(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble
+) -> None:
+    codebuild_double.throttle(3, "BatchGetBuilds")
+    run = run_action(push_env, tmp_path)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.outputs["build-status"] == "SUCCEEDED"
+    throttled = [c for c in codebuild_double.calls("BatchGetBuilds") if c.error_code == "ThrottlingException"]
+    assert len(throttled) == 3
