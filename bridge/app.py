@@ -141,9 +141,19 @@ def create_app(config: Config, services: Services, *, worker: Worker | None = No
             log.exception("unexpected error handling a delivery", extra={"delivery": ctx.delivery})
             return answer(ctx, 500, {"error": "internal error", "hint": "see the server log"}, "error")
 
+    def rerun_of(rerun: SourceEvent) -> SourceEvent | Ignored:
+        original = services.store.latest_build_of(rerun.provider, rerun.repository, rerun.sha)
+        if original is None:
+            return Ignored(f"re-run requested for {rerun.short_sha}, which this bridge has not built")
+        return events.inherit_rerun(rerun, original.event)
+
     def accept(ctx: _Delivery, result: SourceEvent | Ignored, delivery_id: str, event_name: str) -> Response:
         if isinstance(result, Ignored):
             return answer(ctx, 200, {"ignored": result.reason}, "ignored")
+        if result.kind == "rerun":
+            result = rerun_of(result)
+            if isinstance(result, Ignored):
+                return answer(ctx, 200, {"ignored": result.reason}, "ignored")
         matched: Route | Ignored = routing.match_route(result, config.routes)
         if isinstance(matched, Ignored):
             return answer(ctx, 200, {"ignored": matched.reason}, "ignored")

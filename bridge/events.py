@@ -18,6 +18,7 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -634,3 +635,21 @@ def from_gitlab(event_header: str, payload: Mapping[str, Any]) -> SourceEvent | 
     if handler is None:
         return Ignored(f"GitLab event {event_header!r} does not trigger builds")
     return handler(_Fields.root(payload, "gitlab", event_header))
+
+
+def inherit_rerun(rerun: SourceEvent, original: SourceEvent) -> SourceEvent:
+    """A re-run builds what the original build built, with the original's trust decisions.
+
+    The re-run payloads cannot be trusted for that: a check_suite lists only same-repository pull
+    requests, so a fork's commit would arrive looking like a branch commit and get the secrets a
+    fork must not. Everything but who asked and which check comes from the build being re-run.
+    """
+    return dataclasses.replace(
+        original,
+        kind="rerun",
+        event_name=rerun.event_name,
+        action=rerun.action,
+        installation_id=rerun.installation_id or original.installation_id,
+        check_run_id=rerun.check_run_id,
+        sender=rerun.sender,
+    )

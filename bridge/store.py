@@ -358,6 +358,16 @@ class Store:
             rows = self._read(_SELECT_BUILDS + " WHERE build_id = ?", (build_id,))
         return self._build(rows[0]) if rows else None
 
+    def latest_build_of(self, provider: str, repository: str, sha: str) -> TrackedBuild | None:
+        """The most recent build of one commit: what a re-run inherits (fork status, clone URL, route)."""
+        with self._guard("reading a build"):
+            rows = self._read(
+                _SELECT_BUILDS + " WHERE provider = ? AND json_extract(event_json, '$.repository') = ?"
+                " AND json_extract(event_json, '$.sha') = ? ORDER BY updated_at DESC LIMIT 1",
+                (provider, repository, sha),
+            )
+        return self._build(rows[0]) if rows else None
+
     def update_build(
         self,
         build_id: str,

@@ -187,12 +187,11 @@ CASES = [
         1,
     ),
     Case(
-        "github check_run rerequested accepted as a rerun",
+        "github re-run of a commit this bridge never built",
         lambda: github_delivery("check_run", github_payload("check_run", "rerequested"), delivery_id="d-3"),
-        202,
-        {"delivery": "d-3", "route": "hello"},
-        1,
-        1,
+        200,
+        "ignored",
+        0,
     ),
     Case(
         "github old secret still accepted during rotation",
@@ -649,3 +648,38 @@ def test_one_json_log_line_per_delivery(app: App, caplog: pytest.LogCaptureFixtu
     assert vars(record)["latency_ms"] >= 0
     assert GITHUB_SECRET not in caplog.text
     assert GITLAB_WEBHOOK_TOKEN not in caplog.text
+
+
+def _rerun_suite(sha: str) -> dict[str, Any]:
+    """A check_suite re-run as GitHub sends it for a fork's commit: no pull request listed."""
+    payload = github_payload("check_suite", "rerequested")
+    payload["check_suite"]["head_sha"] = sha
+    payload["check_suite"]["pull_requests"] = []
+    payload["repository"] = PR_OPENED["repository"]
+    return payload
+
+
+def test_a_rerun_builds_what_the_original_built_with_its_fork_restrictions(world: World) -> None:
+    app = make_app(
+        world,
+        github_route_extra=(
+            'forks = "without-secrets"\nenv = { NPM_TOKEN = "secretsmanager:ci/npm#token", MODE = "ci" }'
+        ),
+    )
+    fork = _fork_pr()
+    assert app.send(fork).status_code == 202
+    assert app.builds_started() == 1
+    sha = json.loads(fork.body)["pull_request"]["head"]["sha"]
+
+    rerun = app.send(github_delivery("check_suite", _rerun_suite(sha), delivery_id="rerun-fork-1"))
+
+    assert rerun.status_code == 202, rerun.get_json()
+    assert app.builds_started() == 2
+    original, again = world.double.calls("StartBuild")
+    for start in (original, again):
+        assert start.params["sourceVersion"] == sha
+        assert start.params["sourceLocationOverride"] == "https://github.com/mallory/Hello-World.git"
+        names = {variable["name"] for variable in start.params["environmentVariablesOverride"]}
+        assert "MODE" in names
+        assert "NPM_TOKEN" not in names
+    assert again.params["idempotencyToken"] != original.params["idempotencyToken"]

@@ -41,6 +41,7 @@ def config_text(
     poll_interval_seconds: int = 5,
     signing: bool = False,
     app_key: bool = True,
+    github_route_extra: str = "",
 ) -> str:
     """A routing file for the Codertocat/Hello-World examples (GitHub) and GitLab's documented payloads.
 
@@ -87,6 +88,7 @@ repositories = ["Codertocat/*", "github/*"]
 events = ["push", "pull_request", "rerun"]
 branches = ["master"]
 project = "{GITHUB_PROJECT}"
+{github_route_extra}
 
 [[routes]]
 name = "diaspora"
