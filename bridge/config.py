@@ -236,9 +236,10 @@ _SERVER_KEYS = (
     _Key(
         "poll_interval_seconds",
         "integer",
-        "How often running builds are polled (EventBridge events, when wired, arrive sooner).",
+        "How often running builds are polled (EventBridge events, when wired, arrive sooner); all running"
+        " builds share one BatchGetBuilds call per interval.",
         default=15,
-        minimum=5,
+        minimum=1,
         maximum=600,
     ),
     _Key(

@@ -232,7 +232,7 @@ def test_the_start_build_parameter_list_matches_botocore() -> None:
 # --- mistakes: each names its key, none repeats a secret ----------------------------------------------
 
 BAD_CONFIGS: list[tuple[str, str, str]] = [
-    ("poll interval too short", "[server]\npoll_interval_seconds = 3\n", "server.poll_interval_seconds"),
+    ("poll interval too short", "[server]\npoll_interval_seconds = 0\n", "server.poll_interval_seconds"),
     ("body limit not a number", '[server]\nmax_body_bytes = "big"\n', "server.max_body_bytes"),
     ("threads is a boolean", "[server]\nthreads = true\n", "server.threads"),
     ("public url over http", '[server]\npublic_url = "http://bridge.example.com"\n', "server.public_url"),
@@ -418,7 +418,7 @@ def test_unknown_keys_suggest_the_closest_name() -> None:
 
 def test_all_errors_are_collected_in_one_raise() -> None:
     text = (
-        "[server]\npoll_interval_seconds = 1\n"
+        "[server]\npoll_interval_seconds = 0\n"
         + '[github]\ntoken = "literal"\nwebhook_secrets = ["env:H"]\n'
         + route(forks="maybe", events=["push", "merge_request"])
         + route(name="api", project="x")
