@@ -77,6 +77,25 @@ class EnvVar:
 
 
 @dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials the build logs in to a registry with, as Secrets Manager references only.
+
+    References (`secretsmanager:NAME_OR_ARN[#json-key]`), never values: CodeBuild resolves them
+    inside the build, so the secret never passes through bridge, its logs or the StartBuild request.
+    """
+
+    username_ref: str
+    password_ref: str
+    server: str | None = None  # registry host to log in to; None: the host of the image being pushed
+
+    @classmethod
+    def from_json_secret(cls, reference: str, server: str | None = None) -> RegistryAuth:
+        """One JSON secret holding {"username": ..., "password": ...}."""
+        base = reference.partition("#")[0]
+        return cls(f"{base}#username", f"{base}#password", server)
+
+
+@dataclass(frozen=True)
 class BuildOptions:
     """What to build and how: the Action's inputs, or a route's settings. All optional but project."""
 
@@ -96,6 +115,8 @@ class BuildOptions:
     timeout_minutes: int | None = None
     include_secrets: bool = True  # False for fork PRs under `without-secrets`: drop secret variables
     extra_overrides: Mapping[str, Any] = field(default_factory=dict)  # other StartBuild kwargs, passed as is
+    batch: bool = False  # StartBuildBatch instead of StartBuild (the buildspec's `batch:` section decides)
+    registry: RegistryAuth | None = None  # explicit registry login; None: the build role (ECR) or nothing
 
 
 @dataclass(frozen=True)
@@ -104,6 +125,7 @@ class BuildRequest:
 
     start_build_kwargs: Mapping[str, Any]  # projectName, sourceVersion, ..., idempotencyToken
     image_uri: str | None = None  # the image the build will push, when it pushes one
+    batch: bool = False  # start with StartBuildBatch (kwargs are mapped by plan.start_build_batch_kwargs)
 
     @property
     def project_name(self) -> str:
