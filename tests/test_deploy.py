@@ -58,3 +58,39 @@ def test_action_role_grants_exactly_what_the_action_calls() -> None:
         "logs:GetLogEvents",
     ]
     assert all(statement["Resource"] != "*" for statement in statements)
+
+
+def _actions(statements: list[dict[str, Any]]) -> list[str]:
+    found: list[str] = []
+    for entry in statements:
+        # A conditional statement reads as {"If": [condition, statement, AWS::NoValue]}.
+        statement = entry["If"][1] if "If" in entry else entry
+        action = statement["Action"]
+        found.extend(action if isinstance(action, list) else [action])
+    return sorted(found)
+
+
+def test_bridge_role_grants_only_what_the_server_calls() -> None:
+    role = _template()["Resources"]["BridgeTaskRole"]["Properties"]
+    statements = role["Policies"][0]["PolicyDocument"]["Statement"]
+    assert _actions(statements) == [
+        "codebuild:BatchGetBuilds",
+        "codebuild:StartBuild",
+        "kms:Decrypt",  # only with SecretsKmsKeyArns
+        "logs:GetLogEvents",
+        "secretsmanager:GetSecretValue",
+    ]
+
+
+def test_project_role_reads_only_named_secrets_parameters_and_connection() -> None:
+    role = _template()["Resources"]["ProjectServiceRole"]["Properties"]
+    statements = role["Policies"][0]["PolicyDocument"]["Statement"]
+    conditional = {
+        statement["If"][0]: statement["If"][1]["Resource"] for statement in statements if "If" in statement
+    }
+    assert conditional == {
+        "HasBuildSecrets": {"Ref": "BuildSecretArns"},
+        "HasBuildParameters": {"Ref": "BuildParameterArns"},
+        "HasCodeConnection": {"Ref": "CodeConnectionArn"},
+        "HasKmsKeys": {"Ref": "SecretsKmsKeyArns"},
+    }
