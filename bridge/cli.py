@@ -13,12 +13,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from bridge.errors import BridgeError, ConfigError, InputError
 
+if TYPE_CHECKING:
+    from bridge.config import Config
+
 DEFAULT_CONFIG: Final = "bridge.toml"
 CONFIG_ENV: Final = "BRIDGE_CONFIG"
+# The whole routing file in one variable, for platforms where mounting a file is awkward (ECS, Lambda-like).
+CONFIG_TEXT_ENV: Final = "BRIDGE_CONFIG_TOML"
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8080
 PLAN_DELIVERY_ID: Final = "plan"
@@ -40,13 +45,22 @@ def _require_config_file(path: Path) -> None:
 # -- serve ----------------------------------------------------------------------------------------
 
 
+def _serve_config(option: str | None) -> Config:
+    """--config, else $BRIDGE_CONFIG (a path), else $BRIDGE_CONFIG_TOML (the text), else ./bridge.toml."""
+    from bridge.config import load_config, parse_config
+
+    text = os.environ.get(CONFIG_TEXT_ENV)
+    if option is None and not os.environ.get(CONFIG_ENV) and text:
+        return parse_config(text, base_dir=Path.cwd(), source=f"${CONFIG_TEXT_ENV}")
+    path = _config_path(option)
+    _require_config_file(path)
+    return load_config(path)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from bridge.config import load_config
     from bridge.logs import configure_json_logging
 
-    path = _config_path(args.config)
-    _require_config_file(path)
-    config = load_config(path)
+    config = _serve_config(args.config)
     if args.poll_interval is not None:
         config = replace(config, server=replace(config.server, poll_interval_seconds=args.poll_interval))
     configure_json_logging(os.environ.get("BRIDGE_LOG_LEVEL", "INFO"))

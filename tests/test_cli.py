@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -200,6 +201,7 @@ def test_serve_without_a_config_file_is_exit_2_with_a_hint(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BRIDGE_CONFIG", raising=False)
+    monkeypatch.delenv("BRIDGE_CONFIG_TOML", raising=False)
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "bridge.toml not found" in err
@@ -223,3 +225,55 @@ def test_python_dash_m_bridge(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok: 3 routes"
+
+
+def test_serve_reads_the_config_text_from_the_environment(tmp_path: Path) -> None:
+    """Where no file can be mounted, $BRIDGE_CONFIG_TOML carries the whole routing file."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.e2e.test_server import free_port
+
+    port = free_port()
+    config = f'[server]\nstate_path = "{tmp_path / "state.sqlite3"}"\n'
+    config += '[github]\ntoken = "env:GITHUB_TOKEN"\nwebhook_secrets = ["env:GITHUB_WEBHOOK_SECRET"]\n'
+    config += '[[routes]]\nname = "web"\nprovider = "github"\nrepositories = ["acme/*"]\nproject = "flex"\n'
+    env = {
+        key: value for key, value in os.environ.items() if key not in ("BRIDGE_CONFIG", "BRIDGE_CONFIG_TOML")
+    }
+    env["BRIDGE_CONFIG_TOML"] = config
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                    body = json.loads(response.read())
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        assert body == {"ready": True, "routes": 1}
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_invalid_config_text_in_the_environment_is_exit_2_naming_its_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BRIDGE_CONFIG", raising=False)
+    monkeypatch.setenv("BRIDGE_CONFIG_TOML", "[server]\npoll_interval_seconds = 0\n")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "server.poll_interval_seconds" in err
