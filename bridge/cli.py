@@ -46,11 +46,15 @@ def _require_config_file(path: Path) -> None:
 
 
 def _serve_config(option: str | None) -> Config:
-    """--config, else $BRIDGE_CONFIG (a path), else $BRIDGE_CONFIG_TOML (the text), else ./bridge.toml."""
+    """--config, else $BRIDGE_CONFIG_TOML (the text), else $BRIDGE_CONFIG (a path), else ./bridge.toml.
+
+    The text wins over the path variable because the image sets BRIDGE_CONFIG by default: whoever
+    sets BRIDGE_CONFIG_TOML means it.
+    """
     from bridge.config import load_config, parse_config
 
     text = os.environ.get(CONFIG_TEXT_ENV)
-    if option is None and not os.environ.get(CONFIG_ENV) and text:
+    if option is None and text:
         return parse_config(text, base_dir=Path.cwd(), source=f"${CONFIG_TEXT_ENV}")
     path = _config_path(option)
     _require_config_file(path)

@@ -240,9 +240,8 @@ def test_serve_reads_the_config_text_from_the_environment(tmp_path: Path) -> Non
     config = f'[server]\nstate_path = "{tmp_path / "state.sqlite3"}"\n'
     config += '[github]\ntoken = "env:GITHUB_TOKEN"\nwebhook_secrets = ["env:GITHUB_WEBHOOK_SECRET"]\n'
     config += '[[routes]]\nname = "web"\nprovider = "github"\nrepositories = ["acme/*"]\nproject = "flex"\n'
-    env = {
-        key: value for key, value in os.environ.items() if key not in ("BRIDGE_CONFIG", "BRIDGE_CONFIG_TOML")
-    }
+    env = dict(os.environ)
+    env["BRIDGE_CONFIG"] = "/etc/bridge/bridge.toml"  # as the image sets it: the text still wins
     env["BRIDGE_CONFIG_TOML"] = config
     process = subprocess.Popen(
         [sys.executable, "-m", "bridge", "serve", "--port", str(port)],
