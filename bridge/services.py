@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
-from urllib.parse import urlsplit
 
 from bridge import routing
 from bridge.config import Config, Route
@@ -27,7 +25,7 @@ from bridge.metrics import Metrics
 from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, SourceEvent
 from bridge.secrets import SecretStore
 from bridge.store import Store
-from bridge.verify import CertificateCache, is_allowed_sns_certificate_url
+from bridge.verify import CertificateCache, is_allowed_sns_certificate_url, is_sns_service_url
 
 if TYPE_CHECKING:
     import github
@@ -40,7 +38,6 @@ log = logging.getLogger("bridge.services")
 
 HTTP_TIMEOUT_SECONDS: Final = 10
 MAX_CERTIFICATE_BYTES: Final = 64 * 1024
-_SNS_HOST: Final = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
 
 
 class StatusReporter(Protocol):
@@ -246,15 +243,7 @@ class LazyCodeBuild:
 
 def is_sns_subscribe_url(url: str) -> bool:
     """Only https://sns.<region>.amazonaws.com[.cn]/... : the URL comes from the message itself."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return (
-        parts.scheme == "https"
-        and _SNS_HOST.fullmatch(parts.netloc) is not None  # no userinfo, no port
-        and not any(ch.isspace() or ch == "\\" for ch in url)
-    )
+    return is_sns_service_url(url)
 
 
 def fetch_sns_certificate(url: str) -> bytes:

@@ -227,11 +227,12 @@ _SNS_SIGNED_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
 _SNS_OPTIONAL_KEYS: Final = frozenset({"Subject"})
 
 
-def is_allowed_sns_certificate_url(url: str) -> bool:
-    """True only for `https://sns.<region>.amazonaws.com[.cn]/<...>.pem` with nothing else in it.
+def is_sns_service_url(url: str) -> bool:
+    """True only for `https://sns.<region>.amazonaws.com[.cn]/...` with no userinfo, port or fragment.
 
-    The URL comes from the (unauthenticated) message itself, so anything a URL parser or HTTP client
-    might read differently — userinfo, ports, whitespace, backslashes, queries — is refused outright.
+    SNS URLs (SigningCertURL, SubscribeURL) come from the unauthenticated message itself, so anything
+    a URL parser or HTTP client might read differently — userinfo, ports, whitespace, backslashes — is
+    refused outright. A query string is allowed (SubscribeURL carries one).
     """
     if not isinstance(url, str) or _URL_CHARS.fullmatch(url) is None or "\\" in url:
         return False
@@ -242,11 +243,18 @@ def is_allowed_sns_certificate_url(url: str) -> bool:
     return (
         parts.scheme == "https"
         and _SNS_HOST.fullmatch(parts.netloc) is not None
-        and parts.path.endswith(".pem")
-        and not parts.query
         and not parts.fragment
-        and "?" not in url
         and "#" not in url
+    )
+
+
+def is_allowed_sns_certificate_url(url: str) -> bool:
+    """True only for `https://sns.<region>.amazonaws.com[.cn]/<...>.pem` with nothing else in it."""
+    return (
+        is_sns_service_url(url)
+        and urlsplit(url).path.endswith(".pem")
+        and not urlsplit(url).query
+        and "?" not in url
     )
 
 
