@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError, InputError
-from bridge.model import BuildOptions, BuildRequest, EnvVar, SourceEvent
+from bridge.model import BuildOptions, BuildRequest, EnvVar, RegistryAuth, SourceEvent
 
 # --- environment variables -------------------------------------------------------------------------
 
@@ -309,6 +309,10 @@ def plan_build(
                     hint="set image_repository, or a buildspec that uses BRIDGE_CLONE_URL/BRIDGE_COMMIT_SHA",
                 )
             buildspec = packaged_buildspec("buildspec-gitlab-clone.yml")
+    elif options.source_type == "S3":
+        _add_s3_source(kwargs, options)
+        if buildspec is None and image_uri is not None:
+            buildspec = packaged_buildspec("buildspec-image.yml")
     else:
         kwargs["sourceVersion"] = options.source_version or event.sha
         kwargs["sourceLocationOverride"] = (
@@ -319,8 +323,13 @@ def plan_build(
         kwargs["sourceTypeOverride"] = options.source_type or source_type_for(event)
         if buildspec is None and image_uri is not None:
             buildspec = packaged_buildspec("buildspec-image.yml")
+    if options.registry is not None:
+        bridge_env += registry_env(options.registry)
 
     env = _merge_env(bridge_env, options.env_vars, include_secrets=options.include_secrets)
+    if not options.include_secrets:
+        # A fork's Dockerfile runs in the build: it must not get the credentials to push as us.
+        env = [v for v in env if not v.name.startswith(_REGISTRY_PREFIX) or v.type == "PLAINTEXT"]
     if env:
         kwargs["environmentVariablesOverride"] = [
             {"name": v.name, "value": v.value, "type": v.type} for v in env
@@ -332,8 +341,95 @@ def plan_build(
         if key in _PROTECTED_KWARGS:
             raise InputError("overrides", f"cannot override {key}", hint="set it through its own option")
         kwargs[key] = value
+    if options.batch:
+        start_build_batch_kwargs(kwargs)  # fail now, not after a context upload, on a build-only parameter
+        idempotency_seed += "\nbatch"  # a batch and a single build of one request are two different starts
     kwargs["idempotencyToken"] = idempotency_token(idempotency_seed, kwargs)
-    return BuildRequest(start_build_kwargs=kwargs, image_uri=image_uri)
+    return BuildRequest(start_build_kwargs=kwargs, image_uri=image_uri, batch=options.batch)
+
+
+def _add_s3_source(kwargs: dict[str, Any], options: BuildOptions) -> None:
+    """An uploaded zip (the Action's `source: workspace`, or the Python API) as the build's source.
+
+    For S3, sourceVersion is the object's *version id*, not a commit: it is sent only when known
+    (a versioned bucket), otherwise CodeBuild takes the latest object at that key.
+    """
+    location = (options.source_location or "").strip()
+    bucket, _, key = location.partition("/")
+    if not bucket or not key or "://" in location:
+        raise InputError(
+            "source-location",
+            "an S3 source needs the object's location as BUCKET/KEY",
+            hint="e.g. my-bucket/contexts/abc123.zip (no s3:// prefix)",
+        )
+    kwargs["sourceTypeOverride"] = "S3"
+    kwargs["sourceLocationOverride"] = location
+    if options.source_version:
+        kwargs["sourceVersion"] = options.source_version
+
+
+# --- registry credentials --------------------------------------------------------------------------
+
+_REGISTRY_PREFIX = "REGISTRY_"
+_REGISTRY_FORM = "secretsmanager:SECRET_NAME_OR_ARN[#json-key]"
+
+
+def registry_env(auth: RegistryAuth) -> list[EnvVar]:
+    """REGISTRY_USERNAME/REGISTRY_PASSWORD as SECRETS_MANAGER variables (REGISTRY_SERVER plain).
+
+    Only references are accepted, so neither value can ever travel as PLAINTEXT, which anyone with
+    codebuild:BatchGetBuilds could read back from the build record.
+    """
+    env: list[EnvVar] = []
+    for name, input_name, raw in (
+        ("REGISTRY_USERNAME", "registry-username", auth.username_ref),
+        ("REGISTRY_PASSWORD", "registry-password", auth.password_ref),
+    ):
+        reference = raw.strip()
+        if not reference.startswith(_SECRETS_PREFIX):
+            raise InputError(
+                input_name,
+                "must be a Secrets Manager reference, not a value (CodeBuild would show a value in "
+                "PLAINTEXT)",
+                hint=_REGISTRY_FORM,
+            )
+        value = secrets_manager_value(reference[len(_SECRETS_PREFIX) :], input_name=input_name)
+        env.append(EnvVar(name, value, "SECRETS_MANAGER"))
+    if auth.server:
+        server = auth.server.strip()
+        if not server or "/" in server or any(c.isspace() for c in server) or not _HOST.fullmatch(server):
+            raise InputError(
+                "registry-server",
+                "must be a registry host name (with an optional :port)",
+                hint="e.g. ghcr.io, docker.io, registry.example.com:5000",
+            )
+        env.append(EnvVar("REGISTRY_SERVER", server))
+    return env
+
+
+# --- batch builds ----------------------------------------------------------------------------------
+
+# StartBuild parameters that StartBuildBatch names differently (botocore's codebuild model).
+_BATCH_RENAMES: dict[str, str] = {
+    "timeoutInMinutesOverride": "buildTimeoutInMinutesOverride",
+    "reportBuildStatusOverride": "reportBuildBatchStatusOverride",
+}
+# StartBuild parameters with no StartBuildBatch counterpart.
+_BUILD_ONLY = frozenset(
+    {"buildStatusConfigOverride", "fleetOverride", "autoRetryLimitOverride", "hostKernelOverride"}
+)
+
+
+def start_build_batch_kwargs(start_build_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The StartBuildBatch call that carries the same overrides as a StartBuild call."""
+    unsupported = sorted(set(start_build_kwargs) & _BUILD_ONLY)
+    if unsupported:
+        raise InputError(
+            "batch",
+            f"StartBuildBatch has no {', '.join(unsupported)} parameter",
+            hint="remove it from the overrides, or build without batch",
+        )
+    return {_BATCH_RENAMES.get(key, key): value for key, value in start_build_kwargs.items()}
 
 
 def _event_env(event: SourceEvent) -> list[EnvVar]:

@@ -37,6 +37,7 @@ from bridge.plan import (
     parse_env_vars,
     plan_build,
     render_image_tag,
+    start_build_batch_kwargs,
 )
 
 DATA = Path(__file__).resolve().parent.parent / "bridge" / "data"
@@ -1218,3 +1219,88 @@ def test_plan_module_stays_pure() -> None:
     source = (Path(__file__).resolve().parent.parent / "bridge" / "plan.py").read_text()
     imports = re.findall(r"^\s*(?:from|import)\s+([\w.]+)", source, flags=re.MULTILINE)
     assert not {i.split(".")[0] for i in imports} & {"boto3", "botocore", "github", "gitlab", "flask"}
+
+
+# --- S3 sources (workspace contexts) -----------------------------------------------------------------
+
+S3_OPTIONS = BuildOptions(
+    project_name="flex",
+    source_type="S3",
+    source_location="ctx-bucket/contexts/ab12.zip",
+    image_repository=ECR_REPO,
+)
+
+
+@pytest.mark.parametrize("event", ALL_EVENTS)
+def test_s3_source_sends_the_object_and_no_commit(event: SourceEvent) -> None:
+    kwargs = plan_build(event, S3_OPTIONS, idempotency_seed=SEED).start_build_kwargs
+    assert_valid_start_build(kwargs)
+    assert kwargs["sourceTypeOverride"] == "S3"
+    assert kwargs["sourceLocationOverride"] == "ctx-bucket/contexts/ab12.zip"
+    assert "sourceVersion" not in kwargs  # a commit SHA is not an S3 object version id
+    assert kwargs["buildspecOverride"] == packaged_buildspec("buildspec-image.yml")
+
+
+def test_s3_source_version_is_the_object_version_id() -> None:
+    options = replace(S3_OPTIONS, source_version="3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY")
+    kwargs = plan_build(GH_PUSH, options, idempotency_seed=SEED).start_build_kwargs
+    assert kwargs["sourceVersion"] == "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"
+
+
+@pytest.mark.parametrize("location", [None, "", "bucket-only", "s3://bucket/key.zip", "/key.zip", "bucket/"])
+def test_s3_source_needs_bucket_and_key(location: str | None) -> None:
+    with pytest.raises(InputError, match="BUCKET/KEY"):
+        plan_build(GH_PUSH, replace(S3_OPTIONS, source_location=location), idempotency_seed=SEED)
+
+
+# --- batch builds ----------------------------------------------------------------------------------
+
+_CODEBUILD_MODEL = get_session().get_service_model("codebuild")
+
+
+def _batch_shape() -> StructureShape:
+    shape = _CODEBUILD_MODEL.operation_model("StartBuildBatch").input_shape
+    assert shape is not None
+    return shape
+
+
+def test_every_start_build_parameter_maps_to_start_build_batch_or_is_refused() -> None:
+    batch_members = set(_batch_shape().members)
+    for name in _START_BUILD_SHAPE.members:
+        kwargs = {"projectName": "p", name: None}
+        try:
+            mapped = start_build_batch_kwargs(kwargs)
+        except InputError:
+            assert name not in batch_members, f"{name} exists in StartBuildBatch but is refused"
+            continue
+        assert set(mapped) <= batch_members, f"{name} maps to {set(mapped) - batch_members}"
+
+
+@pytest.mark.parametrize("event", [GH_PUSH, GH_FORK_PR, GL_PUSH])
+def test_batch_request_is_valid_for_start_build_batch(event: SourceEvent) -> None:
+    options = replace(S3_OPTIONS, batch=True, timeout_minutes=30, env_vars=(EnvVar("A", "1"),))
+    request = plan_build(event, options, idempotency_seed=SEED)
+    assert request.batch
+    mapped = start_build_batch_kwargs(request.start_build_kwargs)
+    report = ParamValidator().validate(mapped, _batch_shape())
+    assert not report.has_errors(), report.generate_report()
+    assert mapped["buildTimeoutInMinutesOverride"] == 30
+    assert "timeoutInMinutesOverride" not in mapped
+    assert (
+        mapped["environmentVariablesOverride"] == request.start_build_kwargs["environmentVariablesOverride"]
+    )
+
+
+def test_batch_and_single_build_of_one_request_get_different_tokens() -> None:
+    single = plan_build(GH_PUSH, S3_OPTIONS, idempotency_seed=SEED)
+    batch = plan_build(GH_PUSH, replace(S3_OPTIONS, batch=True), idempotency_seed=SEED)
+    assert not single.batch
+    assert single.start_build_kwargs["idempotencyToken"] != batch.start_build_kwargs["idempotencyToken"]
+
+
+@pytest.mark.parametrize("override", ["fleetOverride", "autoRetryLimitOverride", "buildStatusConfigOverride"])
+def test_batch_with_a_build_only_override_fails_at_planning(override: str) -> None:
+    options = replace(S3_OPTIONS, batch=True, extra_overrides={override: 1})
+    with pytest.raises(InputError, match=override) as raised:
+        plan_build(GH_PUSH, options, idempotency_seed=SEED)
+    assert raised.value.name == "batch"
