@@ -154,6 +154,11 @@ def create_app(config: Config, services: Services, *, worker: Worker | None = No
             result = rerun_of(result)
             if isinstance(result, Ignored):
                 return answer(ctx, 200, {"ignored": result.reason}, "ignored")
+        provider = config.github if result.provider == "github" else config.gitlab
+        foreign = routing.foreign_host(result, provider.allowed_hosts if provider is not None else ())
+        if foreign is not None:
+            log.warning("delivery names a repository host not configured", extra={"reason": foreign.reason})
+            return answer(ctx, 200, {"ignored": foreign.reason}, "ignored")
         matched: Route | Ignored = routing.match_route(result, config.routes)
         if isinstance(matched, Ignored):
             return answer(ctx, 200, {"ignored": matched.reason}, "ignored")
@@ -394,7 +399,7 @@ def _require_json_content_type(hint: str) -> None:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         raise BadRequestError(
             "request body is not valid JSON", hint="send the payload as a JSON object"
         ) from None

@@ -70,6 +70,12 @@ class GitHubSettings:
     app_id: int | None = None
     private_key: SecretRef | None = None
     token: SecretRef | None = None
+    repository_hosts: tuple[str, ...] = ()
+
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Where repository URLs in deliveries may point: the configured hosts, else api_url's web host."""
+        return self.repository_hosts or (github_web_host(self.api_url),)
 
     @property
     def uses_app(self) -> bool:
@@ -83,10 +89,25 @@ class GitLabSettings:
     url: str = "https://gitlab.com"
     webhook_tokens: tuple[SecretRef, ...] = ()
     signing_tokens: tuple[SecretRef, ...] = ()
+    repository_hosts: tuple[str, ...] = ()
 
     @property
     def api_url(self) -> str:
         return f"{self.url}/api/v4"
+
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Where repository URLs in deliveries may point: the configured hosts, else url's host."""
+        return self.repository_hosts or ((urlsplit(self.url).hostname or "").lower(),)
+
+
+def github_web_host(api_url: str) -> str:
+    """github.com for api.github.com, acme.ghe.com for api.acme.ghe.com, HOST for HOST/api/v3."""
+    parts = urlsplit(api_url)
+    host = (parts.hostname or "").lower()
+    if not parts.path.rstrip("/").endswith("/api/v3") and host.startswith("api."):
+        return host.removeprefix("api.")
+    return host
 
 
 @dataclass(frozen=True)
@@ -208,6 +229,9 @@ _EVENTS = ("push", "tag", "pull_request", "merge_request", "release", "rerun")
 _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_]{1,254}")
 _ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
 _SNS_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
 _COMPUTE_TYPE = re.compile(
     r"BUILD_GENERAL1_[A-Z0-9]+|BUILD_LAMBDA_\d+GB|ATTRIBUTE_BASED_COMPUTE|CUSTOM_INSTANCE_TYPE"
@@ -289,6 +313,15 @@ _GITHUB_KEYS = (
         "Webhook secrets checked against X-Hub-Signature-256; list two while rotating.",
         required=True,
     ),
+    _Key(
+        "repository_hosts",
+        "strings",
+        "Hosts that repository URLs in deliveries (clone_url, html_url) may name; a delivery naming "
+        "another host is not built, so a payload cannot aim a build at an internal address.",
+        default_doc="api_url's web host (github.com for api.github.com)",
+        pattern=_HOSTNAME,
+        form="lowercase host names such as github.com",
+    ),
 )
 
 _GITLAB_KEYS = (
@@ -305,6 +338,15 @@ _GITLAB_KEYS = (
         "secrets",
         "Signing tokens (whsec_...) for GitLab's Standard Webhooks signatures.",
         default_doc="[]",
+    ),
+    _Key(
+        "repository_hosts",
+        "strings",
+        "Hosts that repository URLs in deliveries (git_http_url, web_url) may name; a delivery naming "
+        "another host is not built, so a payload cannot aim a build or its clone token elsewhere.",
+        default_doc="url's host",
+        pattern=_HOSTNAME,
+        form="lowercase host names such as gitlab.example.com",
     ),
 )
 
@@ -749,6 +791,7 @@ class _Reader:
             app_id=app_id,
             private_key=private_key,
             token=token,
+            repository_hosts=values["repository_hosts"] or (),
         )
 
     def gitlab(self, raw: object) -> GitLabSettings | None:
@@ -769,6 +812,7 @@ class _Reader:
             url=values["url"],
             webhook_tokens=values["webhook_tokens"] or (),
             signing_tokens=values["signing_tokens"] or (),
+            repository_hosts=values["repository_hosts"] or (),
         )
 
     def sns(self, raw: object) -> SnsSettings:

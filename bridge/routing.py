@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
 
 from bridge.config import Route
 from bridge.model import BuildOptions, Ignored, SourceEvent
 
-__all__ = ["build_options", "glob_match", "match_route"]
+__all__ = ["build_options", "foreign_host", "glob_match", "match_route"]
 
 # How far an event got into a route before it failed; the deepest failure is the most useful reason.
 _PROVIDER, _REPOSITORY, _EVENT, _REF, _DRAFT, _FORK = range(6)
@@ -84,6 +85,39 @@ def match_route(event: SourceEvent, routes: Sequence[Route]) -> Route | Ignored:
     if best is None or best[0] <= _REPOSITORY:
         return Ignored(f"no route for {event.provider} repository {event.repository}")
     return Ignored(best[1])
+
+
+def _url_host(url: str) -> str | None:
+    """The lowercase host of a plain http(s) URL; None for anything else (userinfo, odd characters)."""
+    if any(ch.isspace() or ch in "\\@" for ch in url):
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    return host.lower().rstrip(".")
+
+
+def foreign_host(event: SourceEvent, allowed_hosts: Sequence[str]) -> Ignored | None:
+    """None when every repository URL of `event` is on a configured host, else why it is not built.
+
+    The clone URL becomes CodeBuild's source location (and, in clone mode, the URL git sends the
+    clone token to), and the web URL picks the source type: both come from the payload. A delivery
+    naming another host (169.254.169.254, an internal service) must never turn into a build.
+    """
+    allowed = {host.lower() for host in allowed_hosts}
+    for label, url in (("clone URL", event.clone_url), ("repository URL", event.server_url)):
+        host = _url_host(url)
+        if host is None or host not in allowed:
+            what = f"names host {host[:100]!r}" if host is not None else "is not a plain http(s) URL"
+            return Ignored(
+                f"the {label} {what}, not one of {event.provider}.repository_hosts "
+                f"({', '.join(sorted(allowed))})"
+            )
+    return None
 
 
 def build_options(route: Route, event: SourceEvent) -> BuildOptions:

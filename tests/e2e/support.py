@@ -71,11 +71,13 @@ region = "{REGION}"
 api_url = "{github_url}"
 {github_auth}
 webhook_secrets = ["env:GITHUB_OLD_WEBHOOK_SECRET", "{ref("bridge/github-webhook", "GITHUB_WEBHOOK_SECRET")}"]
+repository_hosts = ["github.com"]
 
 [gitlab]
 url = "{gitlab_url}"
 token = "{ref("bridge/gitlab-token", "GITLAB_TOKEN")}"
 webhook_tokens = ["env:GITLAB_WEBHOOK_TOKEN"]
+repository_hosts = ["example.com"]
 {signing_line}
 
 [sns]
