@@ -52,7 +52,13 @@ def build_status(
     max_summary_chars: int = 65535,
     log_lines: int = DEFAULT_LOG_LINES,
 ) -> BuildStatus:
-    """Everything a reporter posts about one build, derived from its record alone."""
+    """Everything a reporter posts about one build, derived from its record alone.
+
+    A batch record (BatchGetBuildBatches) is recognised and summarised build by build, so the
+    worker and the Action report batches through the same call.
+    """
+    if is_batch(build):
+        return batch_status(build, region=region, max_summary_chars=max_summary_chars)
     build_id = str(build.get("id") or build.get("arn") or "")
     build_status_value = str(build.get("buildStatus") or "IN_PROGRESS")
     current_phase = _str_or_none(build.get("currentPhase"))
@@ -108,20 +114,133 @@ def console_url(build_id_or_arn: str, region: str, account_id: str | None = None
     An ARN carries the account, so callers holding one never need to pass `account_id`.
     """
     build_id = build_id_or_arn
+    page = "build"
     if build_id_or_arn.startswith("arn:"):
         parts = build_id_or_arn.split(":", 5)
-        if len(parts) < 6 or not parts[5].startswith("build/"):
+        if len(parts) < 6 or not parts[5].startswith(("build/", "build-batch/")):
             raise ValueError(f"not a CodeBuild build ARN: {build_id_or_arn!r}")
         account_id = account_id or parts[4] or None
-        build_id = parts[5].removeprefix("build/")
+        resource, _, build_id = parts[5].partition("/")
+        page = "batch" if resource == "build-batch" else "build"
     project, sep, _ = build_id.partition(":")
     if not sep or not project:
         raise ValueError(f"not a CodeBuild build id (expected 'project:uuid'): {build_id_or_arn!r}")
     account = f"{quote(account_id, safe='')}/" if account_id else ""
     return (
         f"https://{region}.{_console_host(region)}/codesuite/codebuild/{account}projects/"
-        f"{quote(project, safe='')}/build/{quote(build_id, safe='')}/?region={region}"
+        f"{quote(project, safe='')}/{page}/{quote(build_id, safe='')}/?region={region}"
     )
+
+
+# -- batches -----------------------------------------------------------------------------------------
+
+
+def is_batch(record: BuildRecord) -> bool:
+    """A BatchGetBuildBatches record rather than a BatchGetBuilds one."""
+    return "buildBatchStatus" in record or ":build-batch/" in str(record.get("arn") or "")
+
+
+def is_complete(record: BuildRecord) -> bool:
+    """Builds say buildComplete, batches say complete."""
+    return bool(record.get("complete") if is_batch(record) else record.get("buildComplete"))
+
+
+def batch_status(batch: BuildRecord, *, region: str, max_summary_chars: int = 65535) -> BuildStatus:
+    """One status for a whole batch, with a row per build group (identifier, status, link)."""
+    batch_id = str(batch.get("id") or "")
+    status_value = str(batch.get("buildBatchStatus") or "IN_PROGRESS")
+    current_phase = _str_or_none(batch.get("currentPhase"))
+    complete = batch.get("complete")
+    if complete is True or (complete is None and status_value in _CONCLUSIONS):
+        state: BuildState = "completed"
+    elif current_phase in (None, "SUBMITTED"):
+        state = "queued"
+    else:
+        state = "in_progress"
+    conclusion = _CONCLUSIONS.get(status_value, "failure") if state == "completed" else None
+    number = batch.get("buildBatchNumber")
+    batch_number = number if isinstance(number, int) and not isinstance(number, bool) else None
+    groups = _build_groups(batch.get("buildGroups"), region)
+    console = console_url(str(batch.get("arn") or batch_id), region) if batch_id else ""
+
+    label = f"Batch #{batch_number}" if batch_number is not None else "Batch"
+    total = len(groups)
+    finished = sum(1 for group in groups if group[1] in _CONCLUSIONS)
+    failed = [group[0] for group in groups if group[1] in _CONCLUSIONS and group[1] != "SUCCEEDED"]
+    seconds = _seconds_between(batch.get("startTime"), batch.get("endTime"))
+    if state == "queued":
+        title = f"{label} queued"
+    elif state == "in_progress":
+        title = f"{label} running: {finished} of {total} builds done" if total else f"{label} running"
+    elif status_value == "SUCCEEDED":
+        title = f"{label} succeeded: {total} builds" + (
+            f" in {format_duration(seconds)}" if seconds is not None else ""
+        )
+    elif failed:
+        verb = _VERB.get(status_value, "failed")
+        title = f"{label} {verb}: {len(failed)} of {total} builds did not succeed ({', '.join(failed)})"
+    else:
+        title = f"{label} {_VERB.get(status_value, 'failed')}"
+    title = " ".join(title.split())
+    title = title if len(title) <= TITLE_MAX else title[: TITLE_MAX - 1] + "…"
+
+    lines = [f"### {title}"]
+    if batch.get("projectName"):
+        lines.append(f"Project: `{_cell(str(batch['projectName'])).replace('`', '')}`")
+    if groups:
+        rows = ["| Build | Status | Link |", "| --- | --- | --- |"]
+        for identifier, group_status, link in groups:
+            shown = f"{_PHASE_ICONS.get(group_status, '⏳')} {group_status}".strip()
+            rows.append(f"| {_cell(identifier)} | {_cell(shown)} | {f'[console]({link})' if link else '—'} |")
+        lines.append("\n".join(rows))
+    if console:
+        lines.append(f"[CodeBuild console: batch]({console})")
+    summary = "\n\n".join(lines)
+    if len(summary) > max_summary_chars:
+        keep = max(0, max_summary_chars - len(TRUNCATED) - 1)
+        summary = (summary[:keep] + "\n" + TRUNCATED)[:max_summary_chars]
+    phases = tuple(_phase_rows(batch.get("phases")))
+    return BuildStatus(
+        build_id=batch_id,
+        build_number=batch_number,
+        build_status=status_value,
+        state=state,
+        conclusion=conclusion,
+        title=title,
+        summary=summary,
+        phases=phases,
+        current_phase=current_phase,
+        console_url=console,
+    )
+
+
+_VERB: Final = {
+    "FAILED": "failed",
+    "FAULT": "failed (CodeBuild fault)",
+    "TIMED_OUT": "timed out",
+    "STOPPED": "was stopped",
+}
+
+
+def _build_groups(groups: Any, region: str) -> list[tuple[str, str, str | None]]:
+    """(identifier, build status, console link) per build group that has a build."""
+    rows: list[tuple[str, str, str | None]] = []
+    if not isinstance(groups, Sequence):
+        return rows
+    for group in groups:
+        if not isinstance(group, Mapping):
+            continue
+        summary = group.get("currentBuildSummary")
+        summary = summary if isinstance(summary, Mapping) else {}
+        arn = str(summary.get("arn") or "")
+        try:
+            link = console_url(arn, region) if arn else None
+        except ValueError:
+            link = None
+        rows.append(
+            (str(group.get("identifier") or "build"), str(summary.get("buildStatus") or "IN_PROGRESS"), link)
+        )
+    return rows
 
 
 def gitlab_state(status: BuildStatus) -> str:

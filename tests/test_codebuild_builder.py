@@ -442,3 +442,109 @@ def test_tail_keeps_text_but_drops_the_newline(
     final, lines = run_to_end(builder, build, builder.log_tail(build))
     assert lines == [*odd[:-1], "crlf"]
     assert final["buildStatus"] == "SUCCEEDED"
+
+
+# --- batch builds ------------------------------------------------------------------------------------
+
+BATCH_SPEC = """version: 0.2
+batch:
+  build-list:
+    - identifier: linux_amd64
+    - identifier: linux_arm64
+phases:
+  build:
+    commands: [make]
+"""
+
+
+def batch_request(project: str = "app", **kwargs: object) -> BuildRequest:
+    return BuildRequest({"projectName": project, "buildspecOverride": BATCH_SPEC, **kwargs}, batch=True)
+
+
+def run_batch_to_end(builder: CodeBuildBuilder, batch: BuildRecord) -> BuildRecord:
+    for _ in range(500):
+        batch = builder.get_many([batch["id"]])[batch["id"]]
+        if batch["complete"]:
+            return batch
+    raise AssertionError("batch never completed")
+
+
+def test_a_batch_request_starts_a_batch_with_the_mapped_overrides(
+    make_builder: MakeBuilder, codebuild_double: CodeBuildDouble
+) -> None:
+    builder = make_builder()
+    batch = builder.start(batch_request(timeoutInMinutesOverride=30, sourceVersion="main"))
+    assert batch["arn"].endswith(f":build-batch/{batch['id']}")
+    (call,) = codebuild_double.calls("StartBuildBatch")
+    assert call.status == 200
+    assert call.params["buildTimeoutInMinutesOverride"] == 30
+    assert "timeoutInMinutesOverride" not in call.params
+    assert codebuild_double.calls("StartBuild") == []
+
+
+def test_a_batch_is_polled_with_batch_get_build_batches_and_summarises_its_builds(
+    make_builder: MakeBuilder, codebuild_double: CodeBuildDouble
+) -> None:
+    builder = make_builder()
+    batch = run_batch_to_end(builder, builder.start(batch_request()))
+    assert batch["buildBatchStatus"] == "SUCCEEDED"
+    assert [group["identifier"] for group in batch["buildGroups"]] == ["linux_amd64", "linux_arm64"]
+    assert codebuild_double.calls("BatchGetBuilds") == []  # a known batch id skips BatchGetBuilds
+    child_ids = [group["currentBuildSummary"]["arn"].split(":build/")[1] for group in batch["buildGroups"]]
+    children = builder.get_many(child_ids)
+    assert {record["buildStatus"] for record in children.values()} == {"SUCCEEDED"}
+    assert all(record["buildBatchArn"] == batch["arn"] for record in children.values())
+
+
+def test_a_batch_started_by_another_process_is_found_by_its_id(
+    make_builder: MakeBuilder, codebuild_double: CodeBuildDouble
+) -> None:
+    batch = make_builder().start(batch_request())
+    build = make_builder().start(request())
+    fresh = make_builder()  # knows neither id, as after a restart
+    records = fresh.get_many([batch["id"], build["id"]])
+    assert set(records) == {batch["id"], build["id"]}
+    assert "buildBatchStatus" in records[batch["id"]]
+    assert "buildStatus" in records[build["id"]]
+    assert [c.params["ids"] for c in codebuild_double.calls("BatchGetBuildBatches")] == [[batch["id"]]]
+    assert fresh.stop(batch["id"])["buildBatchStatus"] == "STOPPED"  # now known as a batch
+
+
+def test_stopping_a_batch_stops_its_builds(
+    make_builder: MakeBuilder, codebuild_double: CodeBuildDouble
+) -> None:
+    builder = make_builder()
+    batch = builder.start(batch_request())
+    for _ in range(3):
+        batch = builder.get_many([batch["id"]])[batch["id"]]
+    stopped = builder.stop(batch["id"])
+    assert stopped["buildBatchStatus"] == "STOPPED"
+    assert stopped["complete"] is True
+    assert {g["currentBuildSummary"]["buildStatus"] for g in stopped["buildGroups"]} == {"STOPPED"}
+    assert [c.params for c in codebuild_double.calls("StopBuildBatch")] == [{"id": batch["id"]}]
+    assert codebuild_double.calls("StopBuild") == []
+
+
+def test_a_failing_build_fails_the_batch(
+    make_builder: MakeBuilder, codebuild_double: CodeBuildDouble
+) -> None:
+    from tests.fakes.codebuild_double import BatchScenario
+
+    codebuild_double.script_next_batch(
+        BatchScenario({"ok": Scenario(), "broken": Scenario(final_status="FAILED")})
+    )
+    builder = make_builder()
+    batch = run_batch_to_end(builder, builder.start(batch_request()))
+    assert batch["buildBatchStatus"] == "FAILED"
+    statuses = {g["identifier"]: g["currentBuildSummary"]["buildStatus"] for g in batch["buildGroups"]}
+    assert statuses == {"ok": "SUCCEEDED", "broken": "FAILED"}
+
+
+def test_a_build_only_override_is_refused_before_any_call(
+    make_builder: MakeBuilder, codebuild_double: CodeBuildDouble
+) -> None:
+    from bridge.errors import InputError
+
+    with pytest.raises(InputError, match="fleetOverride"):
+        make_builder().start(batch_request(fleetOverride={"fleetArn": "arn:aws:codebuild:x"}))
+    assert codebuild_double.requests == []

@@ -584,3 +584,108 @@ def test_title_is_one_line_of_at_most_255_chars(build: Mapping[str, Any]) -> Non
     assert len(status.title) <= TITLE_MAX
     assert "\n" not in status.title
     assert "\t" not in status.title
+
+
+# --- batches -----------------------------------------------------------------------------------------
+
+BATCH_ARN = f"arn:aws:codebuild:{REGION}:{ACCOUNT}:build-batch/{BUILD_ID}"
+
+
+def batch_record(status: str = "IN_PROGRESS", phase: str = "IN_PROGRESS", **groups: str) -> dict[str, Any]:
+    done = status != "IN_PROGRESS"
+    return {
+        "id": BUILD_ID,
+        "arn": BATCH_ARN,
+        "buildBatchNumber": 4,
+        "buildBatchStatus": status,
+        "currentPhase": phase,
+        "complete": done,
+        "projectName": PROJECT,
+        "startTime": T0,
+        **({"endTime": T0 + timedelta(seconds=95)} if done else {}),
+        "phases": [{"phaseType": "SUBMITTED", "phaseStatus": "SUCCEEDED", "durationInSeconds": 1}],
+        "buildGroups": [
+            {
+                "identifier": name,
+                "currentBuildSummary": {
+                    "arn": f"arn:aws:codebuild:{REGION}:{ACCOUNT}:build/{PROJECT}:{index:08d}-0000",
+                    "buildStatus": build_state,
+                },
+            }
+            for index, (name, build_state) in enumerate(groups.items())
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("batch", "state", "conclusion", "title"),
+    [
+        (batch_record(phase="SUBMITTED"), "queued", None, "Batch #4 queued"),
+        (
+            batch_record(amd64="SUCCEEDED", arm64="IN_PROGRESS"),
+            "in_progress",
+            None,
+            "Batch #4 running: 1 of 2 builds done",
+        ),
+        (
+            batch_record("SUCCEEDED", "SUCCEEDED", amd64="SUCCEEDED", arm64="SUCCEEDED"),
+            "completed",
+            "success",
+            "Batch #4 succeeded: 2 builds in 1m 35s",
+        ),
+        (
+            batch_record("FAILED", "FAILED", amd64="SUCCEEDED", arm64="FAILED"),
+            "completed",
+            "failure",
+            "Batch #4 failed: 1 of 2 builds did not succeed (arm64)",
+        ),
+        (
+            batch_record("STOPPED", "STOPPED", amd64="STOPPED", arm64="STOPPED"),
+            "completed",
+            "cancelled",
+            "Batch #4 was stopped: 2 of 2 builds did not succeed (amd64, arm64)",
+        ),
+    ],
+)
+def test_a_batch_record_is_summarised_build_by_build(
+    batch: dict[str, Any], state: str, conclusion: str | None, title: str
+) -> None:
+    status = build_status(batch, region=REGION)
+    assert (status.state, status.conclusion, status.title) == (state, conclusion, title)
+    assert status.build_id == BUILD_ID
+    assert status.build_number == 4
+    assert status.console_url == (
+        f"https://{REGION}.console.aws.amazon.com/codesuite/codebuild/{ACCOUNT}/projects/{PROJECT}"
+        f"/batch/{PROJECT}%3A{UUID}/?region={REGION}"
+    )
+    for group in batch["buildGroups"]:
+        build_arn = group["currentBuildSummary"]["arn"]
+        row = next(
+            line for line in status.summary.splitlines() if line.startswith(f"| {group['identifier']} |")
+        )
+        assert group["currentBuildSummary"]["buildStatus"] in row
+        assert f"[console]({console_url(build_arn, REGION)})" in row
+    assert_valid_markdown(status.summary)
+    assert len(status.title) <= TITLE_MAX
+
+
+def test_batch_summary_fits_the_limit_and_odd_groups_degrade() -> None:
+    batch = batch_record("FAILED", "FAILED", **{f"b{i}": "FAILED" for i in range(400)})
+    batch["buildGroups"].append({"identifier": "never-started"})
+    batch["buildGroups"].append("junk")
+    status = build_status(batch, region=REGION, max_summary_chars=2000)
+    assert len(status.summary) <= 2000
+    assert status.summary.endswith(TRUNCATED)
+    assert len(status.title) <= TITLE_MAX
+    assert commit_status_state(status) == "failure"
+    assert gitlab_state(status) == "failed"
+
+
+def test_is_batch_and_is_complete() -> None:
+    from bridge.status import is_batch, is_complete
+
+    assert is_batch(batch_record())
+    assert not is_batch(record())
+    assert is_complete(batch_record("SUCCEEDED", "SUCCEEDED"))
+    assert not is_complete(batch_record())
+    assert is_complete({"id": BUILD_ID, "buildComplete": True})

@@ -17,6 +17,7 @@ import botocore.exceptions
 
 from bridge.errors import BuilderError, CredentialsError
 from bridge.model import BuildRecord, BuildRequest
+from bridge.plan import start_build_batch_kwargs
 
 if TYPE_CHECKING:
     from mypy_boto3_codebuild import CodeBuildClient
@@ -116,14 +117,49 @@ class CodeBuildBuilder:
         self._logs = logs
         self._log_page_limit = log_page_limit
         self._sleep = sleep
+        # Batch ids look like build ids (project:uuid); the ones known to be batches skip the
+        # BatchGetBuilds attempt. Ids from an earlier process are found by the fallback in get_many.
+        self._batch_ids: set[str] = set()
 
     def start(self, request: BuildRequest) -> BuildRecord:
+        """StartBuild, or StartBuildBatch for a batch request (the record is then a batch record)."""
+        if request.batch:
+            batch_kwargs = start_build_batch_kwargs(request.start_build_kwargs)
+            with aws_call("StartBuildBatch", request.project_name):
+                batch = self._codebuild.start_build_batch(**batch_kwargs)["buildBatch"]
+            self._batch_ids.add(str(batch["id"]))
+            return batch
         kwargs: dict[str, Any] = dict(request.start_build_kwargs)
         with aws_call("StartBuild", request.project_name):
             return self._codebuild.start_build(**kwargs)["build"]
 
     def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
+        """Build records, and batch records for batch ids (BatchGetBuildBatches for ids no build has)."""
         unique = list(dict.fromkeys(build_ids))
+        known_batches = [build_id for build_id in unique if build_id in self._batch_ids]
+        records = self._get_builds([build_id for build_id in unique if build_id not in self._batch_ids])
+        unknown = [
+            build_id for build_id in unique if build_id not in records and build_id not in known_batches
+        ]
+        records.update(self.get_batches([*known_batches, *unknown]))
+        return records
+
+    def get_batches(self, batch_ids: Sequence[str]) -> dict[str, BuildRecord]:
+        unique = list(dict.fromkeys(batch_ids))
+        records: dict[str, BuildRecord] = {}
+        for offset in range(0, len(unique), BATCH_GET_LIMIT):
+            chunk = unique[offset : offset + BATCH_GET_LIMIT]
+            with aws_call(
+                "BatchGetBuildBatches", ", ".join(sorted({project_of(batch_id) for batch_id in chunk}))
+            ):
+                response = self._codebuild.batch_get_build_batches(ids=chunk)
+            for batch in response.get("buildBatches", []):
+                self._batch_ids.add(str(batch["id"]))
+                records[str(batch["id"])] = batch
+        return records
+
+    def _get_builds(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
+        unique = list(build_ids)
         records: dict[str, BuildRecord] = {}
         for offset in range(0, len(unique), BATCH_GET_LIMIT):
             chunk = unique[offset : offset + BATCH_GET_LIMIT]
@@ -134,6 +170,9 @@ class CodeBuildBuilder:
         return records
 
     def stop(self, build_id: str) -> BuildRecord:
+        if build_id in self._batch_ids:
+            with aws_call("StopBuildBatch", project_of(build_id)):
+                return self._codebuild.stop_build_batch(id=build_id)["buildBatch"]
         with aws_call("StopBuild", project_of(build_id)):
             return self._codebuild.stop_build(id=build_id)["build"]
 

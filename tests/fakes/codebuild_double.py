@@ -61,7 +61,15 @@ PHASES = (
 # The log stream exists only after PROVISIONING, so only these phases can write lines.
 LOGGED_PHASES = PHASES[PHASES.index("DOWNLOAD_SOURCE") : PHASES.index("COMPLETED")]
 FINAL_STATUSES = ("SUCCEEDED", "FAILED", "FAULT", "TIMED_OUT", "STOPPED")
-OPERATIONS = ("StartBuild", "BatchGetBuilds", "StopBuild")
+OPERATIONS = (
+    "StartBuild",
+    "BatchGetBuilds",
+    "StopBuild",
+    "StartBuildBatch",
+    "BatchGetBuildBatches",
+    "StopBuildBatch",
+)
+BATCH_PHASES = ("SUBMITTED", "DOWNLOAD_BATCHSPEC", "IN_PROGRESS")
 TARGET_PREFIX = "CodeBuild_20161006"
 CBOR_PATH_PREFIX = f"/service/{TARGET_PREFIX}/operation/"
 IDEMPOTENCY_WINDOW = 300.0  # seconds a StartBuild idempotencyToken is remembered
@@ -185,6 +193,7 @@ class _Build:
         self.pending_lines: list[str] = []
         self.lines_due: dict[str, int] = {}
         self.last_timestamp = 0
+        self.batch_arn: str | None = None  # set for a build that belongs to a batch
 
     @property
     def phase(self) -> str:
@@ -323,6 +332,7 @@ class _Build:
             "queuedTimeoutInMinutes": params.get("queuedTimeoutInMinutesOverride", 480),
             "buildComplete": self.complete,
             "initiator": "bridge-tests",
+            **({"buildBatchArn": self.batch_arn} if self.batch_arn else {}),
             "encryptionKey": f"arn:aws:kms:{self.region}:{ACCOUNT}:alias/aws/s3",
         }
         if source_version is not None:
@@ -366,6 +376,161 @@ class _Build:
             "cloudWatchLogs": {"status": "ENABLED"},
             "s3Logs": {"status": "DISABLED", "encryptionDisabled": False},
         }
+
+
+@dataclass(frozen=True)
+class BatchScenario:
+    """How one batch plays out: its build groups (identifier -> how that build plays out).
+
+    Without a scripted one, the identifiers come from the buildspec's `batch: build-list` (as the
+    real service reads them), or one group "build1".
+    """
+
+    builds: Mapping[str, Scenario] = field(default_factory=lambda: {"build1": Scenario()})
+
+
+def batch_identifiers(buildspec: str | None) -> list[str]:
+    import yaml
+
+    try:
+        spec = yaml.safe_load(buildspec or "") or {}
+    except yaml.YAMLError:
+        return ["build1"]
+    batch = spec.get("batch") if isinstance(spec, dict) else None
+    entries = batch.get("build-list") if isinstance(batch, dict) else None
+    names = [str(e["identifier"]) for e in entries or [] if isinstance(e, dict) and e.get("identifier")]
+    return names or ["build1"]
+
+
+_BATCH_TO_BUILD = {"buildTimeoutInMinutesOverride": "timeoutInMinutesOverride"}
+_BATCH_ONLY = {"buildBatchConfigOverride", "reportBuildBatchStatusOverride", "idempotencyToken"}
+
+
+class _Batch:
+    """One batch: SUBMITTED -> DOWNLOAD_BATCHSPEC -> IN_PROGRESS (its builds advance) -> final."""
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        number: int,
+        params: Mapping[str, Any],
+        scenario: BatchScenario,
+        region: str,
+        make_build: Callable[[Scenario, Mapping[str, Any]], _Build],
+    ) -> None:
+        self.uuid = str(uuid.uuid4())
+        self.id = f"{project}:{self.uuid}"
+        self.arn = f"arn:aws:codebuild:{region}:{ACCOUNT}:build-batch/{self.id}"
+        self.project = project
+        self.number = number
+        self.params = dict(params)
+        self.scenario = scenario
+        self.make_build = make_build
+        self.start_time = time.time()
+        self.now = self.start_time
+        self.end_time: float | None = None
+        self.phase_index = 0
+        self.phases: list[dict[str, Any]] = [{"phaseType": "SUBMITTED", "startTime": self.now}]
+        self.status = "IN_PROGRESS"
+        self.builds: dict[str, _Build] = {}
+        self.requested: dict[str, float] = {}
+
+    @property
+    def complete(self) -> bool:
+        return self.status != "IN_PROGRESS"
+
+    def tick(self) -> None:
+        if self.complete:
+            return
+        self.now += 5.0
+        phase = BATCH_PHASES[self.phase_index]
+        if phase != "IN_PROGRESS":
+            self._enter(self.phase_index + 1)
+            if BATCH_PHASES[self.phase_index] == "IN_PROGRESS":
+                build_params = {
+                    _BATCH_TO_BUILD.get(key, key): value
+                    for key, value in self.params.items()
+                    if key not in _BATCH_ONLY
+                }
+                for identifier, scenario in self.scenario.builds.items():
+                    build = self.make_build(scenario, build_params)
+                    build.batch_arn = self.arn
+                    self.builds[identifier] = build
+                    self.requested[identifier] = self.now
+            return
+        for build in self.builds.values():
+            build.tick()
+        if all(build.complete for build in self.builds.values()):
+            ok = all(build.status == "SUCCEEDED" for build in self.builds.values())
+            self._finish("SUCCEEDED" if ok else "FAILED")
+
+    def stop(self) -> None:
+        if self.complete:
+            return
+        for build in self.builds.values():
+            build.stop()
+        self._finish("STOPPED")
+
+    def _enter(self, index: int) -> None:
+        current = self.phases[-1]
+        current.update(
+            phaseStatus="SUCCEEDED",
+            endTime=self.now,
+            durationInSeconds=round(self.now - current["startTime"]),
+        )
+        self.phase_index = index
+        self.phases.append({"phaseType": BATCH_PHASES[index], "startTime": self.now})
+
+    def _finish(self, status: str) -> None:
+        current = self.phases[-1]
+        current.update(
+            phaseStatus="SUCCEEDED" if status == "SUCCEEDED" else "FAILED",
+            endTime=self.now,
+            durationInSeconds=round(self.now - current["startTime"]),
+        )
+        self.phases.append(
+            {"phaseType": "SUCCEEDED" if status == "SUCCEEDED" else status, "startTime": self.now}
+        )
+        if status not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            self.phases[-1]["phaseType"] = "FAILED"
+        self.status = status
+        self.end_time = self.now
+
+    def record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "id": self.id,
+            "arn": self.arn,
+            "startTime": self.start_time,
+            "currentPhase": self.phases[-1]["phaseType"],
+            "buildBatchStatus": self.status,
+            "projectName": self.project,
+            "phases": [dict(phase) for phase in self.phases],
+            "source": {"type": self.params.get("sourceTypeOverride", "GITHUB")},
+            "buildBatchNumber": self.number,
+            "complete": self.complete,
+            "initiator": "bridge-tests",
+            "buildGroups": [
+                {
+                    "identifier": identifier,
+                    "dependsOn": [],
+                    "ignoreFailure": False,
+                    "currentBuildSummary": {
+                        "arn": f"arn:aws:codebuild:{build.region}:{ACCOUNT}:build/{build.id}",
+                        "requestedOn": self.requested[identifier],
+                        "buildStatus": build.status,
+                    },
+                }
+                for identifier, build in self.builds.items()
+            ],
+        }
+        if "sourceLocationOverride" in self.params:
+            record["source"]["location"] = self.params["sourceLocationOverride"]
+        if "sourceVersion" in self.params:
+            record["sourceVersion"] = self.params["sourceVersion"]
+        if self.end_time is not None:
+            record["endTime"] = self.end_time
+        return record
 
 
 def _resolve(source_version: str | None) -> str:
@@ -463,11 +628,23 @@ class CodeBuildDouble:
             self._faults: list[Fault] = []
             self._missing: set[str] = set()
             self._tokens: dict[str, tuple[dict[str, Any], str, float]] = {}
+            self._batches: dict[str, _Batch] = {}
+            self._next_batch: deque[BatchScenario] = deque()
 
     def script_project(self, project: str, scenario: Scenario) -> None:
         """Every later build of `project` (unless a script_next scenario is queued) plays `scenario`."""
         with self._lock:
             self._by_project[project] = scenario
+
+    def script_next_batch(self, scenario: BatchScenario) -> None:
+        """The next StartBuildBatch plays `scenario` (queued in order)."""
+        with self._lock:
+            self._next_batch.append(scenario)
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """The current batch record, without advancing it."""
+        with self._lock:
+            return self._batches[batch_id].record()
 
     def script_next(self, scenario: Scenario) -> None:
         """The next StartBuild, whatever its project, plays `scenario` (queued in order)."""
@@ -708,6 +885,76 @@ class CodeBuildDouble:
             build.tick()
             builds.append(build.record())
         return {"builds": builds, "buildsNotFound": not_found} if not_found else {"builds": builds}
+
+    def _op_StartBuildBatch(self, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        project = params["projectName"]
+        if project in self._missing:
+            raise ServiceError("ResourceNotFoundException", f"Project cannot be found: {project}")
+        token = params.get("idempotencyToken")
+        request = {key: value for key, value in params.items() if key != "idempotencyToken"}
+        now = self._clock()
+        if token is not None and f"batch:{token}" in self._tokens:
+            earlier, batch_id, issued = self._tokens[f"batch:{token}"]
+            if now - issued < IDEMPOTENCY_WINDOW:
+                if earlier != request:
+                    raise ServiceError(
+                        "IdempotentParameterMismatchException",
+                        "The idempotency token was used with different parameters",
+                    )
+                return {"buildBatch": self._batches[batch_id].record()}
+        if self._next_batch:
+            scenario = self._next_batch.popleft()
+        else:
+            names = batch_identifiers(params.get("buildspecOverride"))
+            scenario = BatchScenario({name: self._by_project.get(project, Scenario()) for name in names})
+
+        def make_build(build_scenario: Scenario, build_params: Mapping[str, Any]) -> _Build:
+            self._numbers[project] = self._numbers.get(project, 0) + 1
+            build = _Build(
+                project=project,
+                number=self._numbers[project],
+                params=build_params,
+                scenario=build_scenario,
+                region=self.region,
+                logs=self._logs,
+            )
+            self._builds[build.id] = build
+            return build
+
+        number = sum(1 for batch in self._batches.values() if batch.project == project) + 1
+        batch = _Batch(
+            project=project,
+            number=number,
+            params=params,
+            scenario=scenario,
+            region=self.region,
+            make_build=make_build,
+        )
+        self._batches[batch.id] = batch
+        if token is not None:
+            self._tokens[f"batch:{token}"] = (request, batch.id, now)
+        return {"buildBatch": batch.record()}
+
+    def _op_BatchGetBuildBatches(self, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        batches, not_found = [], []
+        for batch_id in dict.fromkeys(params["ids"]):
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                not_found.append(batch_id)
+                continue
+            batch.tick()
+            batches.append(batch.record())
+        body: dict[str, Any] = {"buildBatches": batches}
+        if not_found:
+            body["buildBatchesNotFound"] = not_found
+        return body
+
+    def _op_StopBuildBatch(self, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        batch = self._batches.get(params["id"])
+        if batch is None:
+            raise ServiceError("ResourceNotFoundException", f"Build batch {params['id']} does not exist")
+        batch.stop()
+        return {"buildBatch": batch.record()}
 
     def _op_StopBuild(self, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         build = self._builds.get(params["id"])
