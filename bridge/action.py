@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -26,14 +27,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 from bridge import events
 from bridge.builders.base import Builder
 from bridge.errors import BridgeError, InputError, ReporterError
-from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, SourceEvent
-from bridge.plan import parse_bool, parse_env_vars, plan_build
+from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, RegistryAuth, SourceEvent
+from bridge.plan import parse_bool, parse_env_vars, plan_build, registry_env
 from bridge.poll import Backoff
 from bridge.secret import Secret
-from bridge.status import build_status
+from bridge.status import build_status, is_batch, is_complete
 from bridge.workflow import WorkflowCommands, append_summary, write_outputs
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
     from bridge.reporters.github import CheckRunReporter
 
 NO_CREDENTIALS_HINT = (
@@ -67,6 +70,15 @@ class Cancelled(BaseException):
 
 
 @dataclass(frozen=True)
+class WorkspaceSource:
+    """`source: workspace`: the checked-out folder (or a sub-folder) is zipped and uploaded to S3."""
+
+    context_path: str
+    bucket: str
+    prefix: str
+
+
+@dataclass(frozen=True)
 class ActionInputs:
     project_name: str
     options: BuildOptions
@@ -76,6 +88,7 @@ class ActionInputs:
     github_token: Secret | None
     aws_region: str | None
     poll_interval_seconds: float
+    workspace: WorkspaceSource | None = None  # None: CodeBuild fetches the repository itself
 
 
 def _input(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -120,6 +133,7 @@ def read_inputs(env: Mapping[str, str]) -> ActionInputs:
         )
     check_name = _input(env, "check-name", "codebuild/{project}").replace("{project}", project)
     token = _input(env, "github-token")
+    workspace = _workspace_source(env)
     options = BuildOptions(
         project_name=project,
         source_location=_optional(env, "source-location"),
@@ -133,6 +147,8 @@ def read_inputs(env: Mapping[str, str]) -> ActionInputs:
         build_image=_optional(env, "build-image"),
         privileged_mode=parse_bool(privileged, input_name="privileged-mode") if privileged else None,
         timeout_minutes=_int_input(env, "timeout-minutes", low=5, high=2160),
+        batch=parse_bool(_input(env, "batch") or "false", input_name="batch"),
+        registry=_registry_auth(env),
     )
     return ActionInputs(
         project_name=project,
@@ -143,7 +159,74 @@ def read_inputs(env: Mapping[str, str]) -> ActionInputs:
         github_token=Secret(token) if token else None,
         aws_region=_optional(env, "aws-region"),
         poll_interval_seconds=poll_seconds,
+        workspace=workspace,
     )
+
+
+_CONTEXT_INPUTS = ("context-path", "context-bucket", "context-prefix")
+_REPOSITORY_INPUTS = ("source-location", "source-type", "source-version")
+
+
+def _workspace_source(env: Mapping[str, str]) -> WorkspaceSource | None:
+    source = (_input(env, "source") or "repository").lower()
+    if source not in ("repository", "workspace"):
+        raise InputError("source", f"unknown source '{source}'", hint="repository (the default) or workspace")
+    if source == "repository":
+        for name in _CONTEXT_INPUTS:
+            if _input(env, name):
+                raise InputError(name, "is only used with source: workspace", hint="add `source: workspace`")
+        return None
+    for name in _REPOSITORY_INPUTS:
+        if _input(env, name):
+            raise InputError(
+                name, "does not apply to source: workspace (the build's source is the uploaded zip)"
+            )
+    bucket = _input(env, "context-bucket")
+    if not bucket:
+        raise InputError(
+            "context-bucket",
+            "is required with source: workspace",
+            hint="name an S3 bucket in the project's region that the job's role can write to",
+        )
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise InputError(
+            "context-bucket", "is not an S3 bucket name", hint="the bucket name only, no s3:// or path"
+        )
+    return WorkspaceSource(_input(env, "context-path", "."), bucket, _input(env, "context-prefix"))
+
+
+def _registry_auth(env: Mapping[str, str]) -> RegistryAuth | None:
+    """`registry-credentials` (one JSON secret) or `registry-username` + `registry-password`."""
+    credentials = _input(env, "registry-credentials")
+    username, password = _input(env, "registry-username"), _input(env, "registry-password")
+    server = _optional(env, "registry-server")
+    if credentials and (username or password):
+        raise InputError(
+            "registry-credentials",
+            "set it, or registry-username + registry-password, not both",
+            hint="registry-credentials: secretsmanager:NAME (a JSON secret with username and password)",
+        )
+    if credentials:
+        if not credentials.startswith("secretsmanager:") or "#" in credentials:
+            raise InputError(
+                "registry-credentials",
+                "must name a JSON secret in Secrets Manager, not hold a value",
+                hint='secretsmanager:NAME_OR_ARN of a secret {"username": ..., "password": ...}',
+            )
+        auth = RegistryAuth.from_json_secret(credentials, server=server)
+    elif username or password:
+        if not (username and password):
+            missing = "registry-password" if username else "registry-username"
+            raise InputError(
+                missing, "is required with the other registry credential", hint="set both or neither"
+            )
+        auth = RegistryAuth(username, password, server=server)
+    elif server:
+        raise InputError("registry-server", "needs registry credentials", hint="set registry-credentials too")
+    else:
+        return None
+    registry_env(auth)  # refuse a literal value now, before anything is zipped or started
+    return auth
 
 
 def idempotency_seed(env: Mapping[str, str]) -> str:
@@ -215,6 +298,7 @@ class BuildRun:
         self.check_run_id: int | None = None
         self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         self.last_reported: tuple[str, str | None] | None = None
+        self.batch_states: dict[str, str] = {}
 
     def _status(self, build: BuildRecord) -> BuildStatus:
         return build_status(build, region=self.region, log_tail=tuple(self.tail))
@@ -261,9 +345,19 @@ class BuildRun:
             batch.append(line)
         self.commands.untrusted_lines(batch)
 
+    def _emit_batch(self, batch: BuildRecord) -> None:
+        """A batch has no single log: one line per build whose status changed."""
+        for group in batch.get("buildGroups") or []:
+            summary = group.get("currentBuildSummary") or {}
+            identifier, state = str(group.get("identifier")), str(summary.get("buildStatus") or "")
+            if state and self.batch_states.get(identifier) != state:
+                self.batch_states[identifier] = state
+                self.commands.info(f"batch build {identifier}: {state}")
+
     def run(self) -> tuple[BuildRecord, BuildStatus]:
         build = self.builder.start(self.request)
-        self.commands.info(f"Started CodeBuild build {build['id']} of {self.event.sha}")
+        kind = "batch" if is_batch(build) else "build"
+        self.commands.info(f"Started CodeBuild {kind} {build['id']} of {self.event.sha}")
         status = self._status(build)
         self._start_check(status)
         if not self.inputs.wait:
@@ -281,9 +375,11 @@ class BuildRun:
                     self.sleep(backoff.failure())
                     continue
                 self._emit(tail.poll(build))
+                if is_batch(build):
+                    self._emit_batch(build)
                 status = self._status(build)
                 self._report(status)
-                if build.get("buildComplete"):
+                if is_complete(build):
                     break
                 self.sleep(backoff.success())
         except Cancelled:
@@ -304,9 +400,14 @@ class BuildRun:
 
 
 def outputs_for(build: BuildRecord, status: BuildStatus, request: BuildRequest) -> dict[str, str]:
+    """For a batch, build-id and batch-id are both the batch id: the one id every later step
+    (console, StopBuildBatch, BatchGetBuildBatches) takes; the builds are listed in the summary."""
+    batch = is_batch(build)
+    number = build.get("buildBatchNumber" if batch else "buildNumber", "")
     return {
         "build-id": str(build["id"]),
-        "build-number": str(build.get("buildNumber", "")),
+        "batch-id": str(build["id"]) if batch else "",
+        "build-number": str(number),
         "build-status": status.build_status,
         "build-url": status.console_url,
         "image-uri": status.image_uri or request.image_uri or "",
@@ -352,7 +453,12 @@ def _run(env: Mapping[str, str], commands: WorkflowCommands) -> int:
     aws.check_credentials(session, hint=NO_CREDENTIALS_HINT)
     region = aws.region_of(session)
     context = {name: env[name] for name in CONTEXT_VARIABLES if env.get(name)}
-    request = plan_build(event, inputs.options, idempotency_seed=idempotency_seed(env), context_env=context)
+    options = inputs.options
+    if inputs.workspace is not None:
+        options = _upload_workspace(
+            env, inputs, inputs.workspace, aws.client("s3", session=session), commands
+        )
+    request = plan_build(event, options, idempotency_seed=idempotency_seed(env), context_env=context)
     builder = CodeBuildBuilder(aws.client("codebuild", session=session), aws.client("logs", session=session))
     ecr = aws.client("ecr", session=session) if request.image_uri else None
 
@@ -383,6 +489,37 @@ def _run(env: Mapping[str, str], commands: WorkflowCommands) -> int:
         title=f"CodeBuild {status.build_status}",
     )
     return 1
+
+
+def _upload_workspace(
+    env: Mapping[str, str],
+    inputs: ActionInputs,
+    workspace: WorkspaceSource,
+    s3: S3Client,
+    commands: WorkflowCommands,
+) -> BuildOptions:
+    """Zip the context, upload it unless that exact content is there already, point the build at it."""
+    from bridge.context import resolve_context, upload_context, zip_context
+
+    root = resolve_context(env.get("GITHUB_WORKSPACE") or os.getcwd(), workspace.context_path)
+    dockerfile = next(
+        (v.value for v in inputs.options.env_vars if v.name == "DOCKERFILE" and v.type == "PLAINTEXT"),
+        "Dockerfile",
+    )
+    with tempfile.TemporaryDirectory(prefix="bridge-context-") as scratch:
+        archive = zip_context(root, Path(scratch) / "context.zip", dockerfile=dockerfile)
+        commands.info(f"Build context {workspace.context_path}: {archive.describe()}")
+        location = upload_context(s3, archive, bucket=workspace.bucket, prefix=workspace.prefix)
+    if location.uploaded:
+        commands.info(f"Uploaded the build context to {location.uri}")
+    else:
+        commands.info(f"The same build context is already at {location.uri}: not uploading it again")
+    return replace(
+        inputs.options,
+        source_type="S3",
+        source_location=location.source_location,
+        source_version=location.version_id,
+    )
 
 
 def _summary(inputs: ActionInputs, status: BuildStatus, outputs: Mapping[str, str]) -> str:

@@ -8,12 +8,15 @@ check-run requests GitHub received, the job log and the exit code.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
@@ -23,7 +26,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.fakes.codebuild_double import CodeBuildDouble, Scenario
+from tests.fakes.codebuild_double import BatchScenario, CodeBuildDouble, Scenario
 from tests.fakes.github_api import FakeGitHub
 from tests.fixtures import github_example, github_examples
 
@@ -466,3 +469,212 @@ def test_throttled_polls_are_absorbed_and_the_build_finishes(
     assert run.outputs["build-status"] == "SUCCEEDED"
     throttled = [c for c in codebuild_double.calls("BatchGetBuilds") if c.error_code == "ThrottlingException"]
     assert len(throttled) == 3
+
+
+# --- source: workspace, registry credentials, batch builds ---------------------------------------------
+
+BUCKET = "bridge-contexts"
+
+
+def make_workspace(root: Path) -> Path:
+    """A monorepo checkout with a generated file and things .dockerignore keeps out."""
+    api = root / "services" / "api"
+    (api / "generated").mkdir(parents=True)
+    (api / "Dockerfile").write_text("FROM scratch\nCOPY . /app\n")
+    (api / "app.py").write_text("print('hi')\n")
+    (api / "generated" / "schema.json").write_text("{}\n")  # made by an earlier step, not in git
+    (api / "node_modules" / "x").mkdir(parents=True)
+    (api / "node_modules" / "x" / "index.js").write_text("junk\n")
+    (api / ".env").write_text("SECRET=hunter2\n")
+    (api / ".dockerignore").write_text("node_modules\n.env\n")
+    (root / "README.md").write_text("outside the context\n")
+    return root
+
+
+@pytest.fixture
+def workspace_env(push_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    workspace = make_workspace(tmp_path / "workspace")
+    return {
+        **push_env,
+        "GITHUB_WORKSPACE": str(workspace),
+        "INPUT_SOURCE": "workspace",
+        "INPUT_CONTEXT-PATH": "services/api",
+        "INPUT_CONTEXT-BUCKET": BUCKET,
+        "INPUT_CONTEXT-PREFIX": "ctx/",
+    }
+
+
+def test_workspace_source_zips_the_context_uploads_it_once_and_builds_it_from_s3(
+    tmp_path: Path, workspace_env: dict[str, str], codebuild_double: CodeBuildDouble
+) -> None:
+    run = run_action(workspace_env, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    [start] = codebuild_double.calls("StartBuild")
+    params = start.params
+    assert params["sourceTypeOverride"] == "S3"
+    bucket, _, key = params["sourceLocationOverride"].partition("/")
+    assert bucket == BUCKET
+    assert key.startswith("ctx/")
+    assert key.endswith(".zip")
+    assert "sourceVersion" not in params  # not versioned: the key itself is content-addressed
+    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert key == f"ctx/{hashlib.sha256(body).hexdigest()}.zip"
+    assert sorted(zipfile.ZipFile(io.BytesIO(body)).namelist()) == [
+        ".dockerignore",
+        "Dockerfile",
+        "app.py",
+        "generated/",
+        "generated/schema.json",
+    ]
+    assert "Build context services/api: 4 files" in run.stdout
+    assert f"Uploaded the build context to s3://{BUCKET}/{key}" in run.stdout
+
+    # Same tree again: found by its digest, not uploaded a second time.
+    again = run_action({**workspace_env, "GITHUB_RUN_ATTEMPT": "2"}, tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"already at s3://{BUCKET}/{key}: not uploading it again" in again.stdout
+    assert codebuild_double.calls("StartBuild")[-1].params["sourceLocationOverride"] == f"{BUCKET}/{key}"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "named"),
+    [
+        ({"INPUT_CONTEXT-BUCKET": ""}, "context-bucket"),
+        ({"INPUT_CONTEXT-BUCKET": "s3://bucket/path"}, "context-bucket"),
+        ({"INPUT_CONTEXT-BUCKET": "no-such-bucket-here"}, "context-bucket"),
+        ({"INPUT_CONTEXT-PATH": "../.."}, "context-path"),
+        ({"INPUT_CONTEXT-PATH": "services/missing"}, "context-path"),
+        ({"INPUT_SOURCE-VERSION": "main"}, "source-version"),
+        ({"INPUT_SOURCE": "tarball"}, "source"),
+        ({"INPUT_SOURCE": "repository"}, "context-path"),
+        (
+            {"INPUT_REGISTRY-PASSWORD": "hunter2", "INPUT_REGISTRY-USERNAME": "secretsmanager:r#u"},
+            "registry-password",
+        ),
+        ({"INPUT_REGISTRY-USERNAME": "secretsmanager:r#u"}, "registry-password"),
+        ({"INPUT_REGISTRY-CREDENTIALS": "hunter2"}, "registry-credentials"),
+        ({"INPUT_REGISTRY-SERVER": "docker.io"}, "registry-server"),
+        ({"INPUT_BATCH": "maybe"}, "batch"),
+    ],
+)
+def test_bad_workspace_registry_or_batch_inputs_are_one_clear_error(
+    tmp_path: Path,
+    workspace_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    inputs: dict[str, str],
+    named: str,
+) -> None:
+    run = run_action({**workspace_env, **inputs}, tmp_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    errors = [line for line in run.stdout.splitlines() if line.startswith("::error")]
+    assert len(errors) == 1
+    assert f"'{named}'" in errors[0]
+    assert "hunter2" not in run.stdout + run.stderr
+    assert codebuild_double.requests == []
+
+
+def test_registry_credentials_reach_the_build_as_secrets_manager_variables(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble
+) -> None:
+    env = {
+        **push_env,
+        "INPUT_IMAGE-REPOSITORY": "ghcr.io/codertocat/hello-world",
+        "INPUT_REGISTRY-CREDENTIALS": "secretsmanager:ghcr-bot",
+        "INPUT_REGISTRY-SERVER": "ghcr.io",
+    }
+    run = run_action(env, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    [start] = codebuild_double.calls("StartBuild")
+    variables = {v["name"]: (v["type"], v["value"]) for v in start.params["environmentVariablesOverride"]}
+    assert variables["REGISTRY_USERNAME"] == ("SECRETS_MANAGER", "ghcr-bot:username")
+    assert variables["REGISTRY_PASSWORD"] == ("SECRETS_MANAGER", "ghcr-bot:password")
+    assert variables["REGISTRY_SERVER"] == ("PLAINTEXT", "ghcr.io")
+
+
+BATCH_BUILDSPEC = """version: 0.2
+batch:
+  build-list:
+    - identifier: amd64
+    - identifier: arm64
+phases:
+  build:
+    commands: [make]
+"""
+
+
+def test_batch_starts_a_batch_waits_for_every_build_and_reports_each(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble, github_api: FakeGitHub
+) -> None:
+    env = {
+        **push_env,
+        "INPUT_BATCH": "true",
+        "INPUT_BUILDSPEC": BATCH_BUILDSPEC,
+        "INPUT_TIMEOUT-MINUTES": "30",
+    }
+    run = run_action(env, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    [start] = codebuild_double.calls("StartBuildBatch")
+    assert start.params["buildTimeoutInMinutesOverride"] == 30
+    assert codebuild_double.calls("StartBuild") == []
+    batch_id = run.outputs["batch-id"]
+    assert batch_id.startswith(f"{PROJECT}:")
+    assert run.outputs["build-id"] == batch_id
+    assert run.outputs["build-status"] == "SUCCEEDED"
+    assert run.outputs["build-number"] == "1"
+    assert "/batch/" in run.outputs["build-url"]
+    assert "batch build amd64: SUCCEEDED" in run.stdout
+    assert "batch build arm64: SUCCEEDED" in run.stdout
+    assert "| amd64 |" in run.summary
+    assert "| arm64 |" in run.summary
+
+    checks = check_run_requests(github_api)
+    assert checks[-1][1]["conclusion"] == "success"
+    assert "| arm64 |" in checks[-1][1]["output"]["summary"]
+
+
+def test_a_failed_build_in_the_batch_fails_the_job(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble
+) -> None:
+    codebuild_double.script_next_batch(
+        BatchScenario({"amd64": Scenario(), "arm64": Scenario(final_status="FAILED")})
+    )
+    run = run_action({**push_env, "INPUT_BATCH": "true", "INPUT_BUILDSPEC": BATCH_BUILDSPEC}, tmp_path)
+    assert run.returncode == 1
+    assert run.outputs["build-status"] == "FAILED"
+    assert any(
+        "1 of 2 builds did not succeed (arm64)" in line
+        for line in run.stdout.splitlines()
+        if line.startswith("::error")
+    )
+
+
+def test_cancelling_a_batch_stops_the_batch(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble
+) -> None:
+    codebuild_double.script_next_batch(BatchScenario({"slow": Scenario(polls_per_phase=1000)}))
+    env = {**push_env, "INPUT_BATCH": "true", "INPUT_BUILDSPEC": BATCH_BUILDSPEC}
+    process = subprocess.Popen(
+        [sys.executable, str(ENTRYPOINT)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(codebuild_double.calls("BatchGetBuildBatches")) < 3:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, out
+    [stop] = codebuild_double.calls("StopBuildBatch")
+    assert codebuild_double.batch(stop.params["id"])["buildBatchStatus"] == "STOPPED"
+    assert codebuild_double.calls("StopBuild") == []
