@@ -140,6 +140,9 @@ class Route:
     privileged_mode: bool | None = None
     timeout_minutes: int | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    batch: bool = False
+    registry_credentials: SecretRef | None = None
+    registry_server: str | None = None
 
     @property
     def context(self) -> str:
@@ -494,6 +497,31 @@ _ROUTE_KEYS = (
         "Any other StartBuild parameter, passed as is (e.g. queuedTimeoutInMinutesOverride).",
         default_doc="{}",
         form="StartBuild parameter names (lowerCamelCase) not set through another key",
+    ),
+    _Key(
+        "batch",
+        "boolean",
+        "Start a batch build (StartBuildBatch; the buildspec's `batch:` section lists the builds); the "
+        "commit gets one status summarising every build of the batch.",
+        default=False,
+    ),
+    _Key(
+        "registry_credentials",
+        "secret",
+        "Registry login for the build: a Secrets Manager JSON secret with `username` and `password`, "
+        "handed to the build as SECRETS_MANAGER variables (REGISTRY_USERNAME/REGISTRY_PASSWORD). Not "
+        "needed for ECR, where the project's role logs in. Fork builds under forks = without-secrets "
+        "do not get it.",
+        default_doc="(none)",
+        schemes=("secretsmanager",),
+    ),
+    _Key(
+        "registry_server",
+        "string",
+        "Registry host the registry_credentials log in to (e.g. docker.io while pushing to ECR).",
+        default_doc="the host of image_repository",
+        pattern=re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?"),
+        form="a registry host name with an optional :port, e.g. ghcr.io",
     ),
 )
 
@@ -904,6 +932,9 @@ class _Reader:
             privileged_mode=values["privileged_mode"],
             timeout_minutes=values["timeout_minutes"],
             overrides=cast(Mapping[str, Any], overrides),
+            batch=values["batch"],
+            registry_credentials=values["registry_credentials"],
+            registry_server=values["registry_server"],
         )
 
     def globs(self, patterns: object, where: str) -> None:

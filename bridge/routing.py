@@ -13,7 +13,7 @@ from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
 from bridge.config import Route
-from bridge.model import BuildOptions, Ignored, SourceEvent
+from bridge.model import BuildOptions, Ignored, RegistryAuth, SourceEvent
 
 __all__ = ["build_options", "foreign_host", "glob_match", "match_route"]
 
@@ -141,4 +141,10 @@ def build_options(route: Route, event: SourceEvent) -> BuildOptions:
         timeout_minutes=route.timeout_minutes,
         include_secrets=not event.is_fork or route.forks == "allow",
         extra_overrides=dict(route.overrides),
+        batch=route.batch,
+        registry=(
+            RegistryAuth.from_json_secret(str(route.registry_credentials), server=route.registry_server)
+            if route.registry_credentials is not None
+            else None
+        ),
     )

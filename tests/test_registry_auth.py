@@ -281,3 +281,72 @@ def test_no_credentials_and_no_ecr_pushes_with_what_docker_has(name: str, tmp_pa
     assert _logins(calls) == []
     assert _aws(calls) == []
     assert ["push", "ghcr.io/octo/app:1"] in [c["args"] for c in calls]
+
+
+# --- the route equivalent --------------------------------------------------------------------------------
+
+ROUTE = """
+[github]
+token = "secretsmanager:bridge/github#token"
+webhook_secrets = ["secretsmanager:bridge/github#webhook_secret"]
+
+[[routes]]
+name = "web"
+provider = "github"
+repositories = ["octo/*"]
+project = "flex"
+image_repository = "ghcr.io/octo/app"
+forks = "without-secrets"
+{extra}
+"""
+
+
+def _route_options(tmp_path: Path, extra: str, event: Any = GH_PUSH) -> BuildOptions:
+    from bridge.config import parse_config
+    from bridge.routing import build_options
+
+    config = parse_config(ROUTE.format(extra=extra), base_dir=tmp_path)
+    return build_options(config.routes[0], event)
+
+
+def test_route_registry_credentials_and_batch_reach_the_plan(tmp_path: Path) -> None:
+    options = _route_options(
+        tmp_path, 'registry_credentials = "secretsmanager:ci/ghcr"\nregistry_server = "ghcr.io"\nbatch = true'
+    )
+    assert options.batch
+    request = plan_build(GH_PUSH, options, idempotency_seed=SEED)
+    assert request.batch
+    env = env_of(request.start_build_kwargs)
+    assert env["REGISTRY_USERNAME"] == ("ci/ghcr:username", "SECRETS_MANAGER")
+    assert env["REGISTRY_PASSWORD"] == ("ci/ghcr:password", "SECRETS_MANAGER")
+    assert env["REGISTRY_SERVER"] == ("ghcr.io", "PLAINTEXT")
+
+
+def test_route_defaults_are_no_batch_and_no_credentials(tmp_path: Path) -> None:
+    options = _route_options(tmp_path, "")
+    assert not options.batch
+    assert options.registry is None
+
+
+def test_a_fork_on_a_route_gets_no_registry_credentials(tmp_path: Path) -> None:
+    options = _route_options(tmp_path, 'registry_credentials = "secretsmanager:ci/ghcr"', GH_FORK_PR)
+    env = env_of(plan_build(GH_FORK_PR, options, idempotency_seed=SEED).start_build_kwargs)
+    assert "REGISTRY_PASSWORD" not in env
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        (f'registry_credentials = "{PASSWORD}"', "registry_credentials"),
+        ('registry_credentials = "env:REGISTRY_TOKEN"', "registry_credentials"),
+        ('registry_server = "https://ghcr.io/x"', "registry_server"),
+        ('batch = "yes"', "batch"),
+    ],
+)
+def test_route_values_that_are_not_references_are_config_errors(tmp_path: Path, extra: str, key: str) -> None:
+    from bridge.config import InvalidConfigError
+
+    with pytest.raises(InvalidConfigError) as raised:
+        _route_options(tmp_path, extra)
+    assert f"routes[0].{key}" in str(raised.value)
+    assert PASSWORD not in str(raised.value)
