@@ -65,14 +65,54 @@ class _Delivery:
 
 
 class _SecretRefresher:
-    """Re-reads a provider's webhook secrets after a signature failure, at most every few seconds."""
+    """Re-reads a provider's webhook secrets after a signature failure, at most every few seconds.
+
+    It also remembers which secrets could not be read at all, for /readyz: a probe does not read
+    secrets itself (that would cost an API call per probe, and fail a server with no delivery yet),
+    but once a read failed it re-tries at most every few seconds, so readiness recovers by itself.
+    """
 
     def __init__(self, services: Services) -> None:
         self._services = services
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
+        self._unreadable: dict[str, tuple[tuple[SecretRef, ...], str]] = {}
 
     def verify(self, name: str, refs: Sequence[SecretRef], check: Callable[[list[Secret]], T]) -> T:
+        try:
+            result = self._verify(name, refs, check)
+        except (SecretError, CredentialsError) as exc:
+            with self._lock:
+                self._unreadable[name] = (tuple(refs), exc.message)
+            raise
+        except SignatureError:
+            with self._lock:
+                self._unreadable.pop(name, None)
+            raise
+        with self._lock:
+            self._unreadable.pop(name, None)
+        return result
+
+    def unreadable(self) -> list[str]:
+        """Why deliveries would get 503 now: the secrets whose latest read failed (re-read, rate-limited)."""
+        with self._lock:
+            failing = dict(self._unreadable)
+        reasons: list[str] = []
+        for name, (refs, last_error) in failing.items():
+            error = last_error
+            if self._may_refresh(f"readyz:{name}"):
+                try:
+                    self._services.secrets.get_all([str(ref) for ref in refs], key=name)
+                except BridgeError as exc:
+                    error = exc.message
+                else:
+                    with self._lock:
+                        self._unreadable.pop(name, None)
+                    continue
+            reasons.append(f"{name} cannot be read: {error}")
+        return reasons
+
+    def _verify(self, name: str, refs: Sequence[SecretRef], check: Callable[[list[Secret]], T]) -> T:
         secrets = self._services.secrets
         try:
             return check(secrets.get_all([str(ref) for ref in refs], key=name))
@@ -314,6 +354,7 @@ def create_app(config: Config, services: Services, *, worker: Worker | None = No
             reasons.append(f"the store is unavailable ({type(exc).__name__})")
         if worker.started and not worker.running:
             reasons.append("the background worker has stopped")
+        reasons.extend(refresher.unreadable())
         if reasons:
             return json_response(503, {"ready": False, "reasons": reasons})
         return json_response(200, {"ready": True, "routes": len(config.routes)})

@@ -45,16 +45,20 @@ def session(*, region: str | None = None) -> boto3.session.Session:
     return boto3.session.Session(region_name=region or None)
 
 
-def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Config:
+def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS, *, timeout: float | None = None) -> Config:
     """The botocore config every bridge client shares.
 
     `max_attempts` counts every attempt, the first one included (botocore's `total_max_attempts`;
-    its `max_attempts` key would count only the retries).
+    its `max_attempts` key would count only the retries). `timeout` bounds each attempt's connect
+    and read, for calls made while a webhook sender waits (botocore's default read timeout is 60 s).
     """
-    return Config(
+    config = Config(
         retries={"mode": "adaptive", "total_max_attempts": max_attempts},
         user_agent_extra=f"bridge/{__version__}",
     )
+    if timeout is not None:
+        config = config.merge(Config(connect_timeout=timeout, read_timeout=timeout))
+    return config
 
 
 @overload
@@ -80,6 +84,7 @@ def client(
     region: str | None = ...,
     session: boto3.session.Session | None = ...,
     max_attempts: int = ...,
+    timeout: float | None = ...,
 ) -> SecretsManagerClient: ...
 @overload
 def client(
@@ -127,11 +132,13 @@ def client(
     region: str | None = None,
     session: boto3.session.Session | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    timeout: float | None = None,
 ) -> Any:
     """A boto3 client with bridge's retry policy; the region defaults to the session's."""
     session = session if session is not None else boto3.session.Session()
+    config = client_config(max_attempts, timeout=timeout)
     try:
-        return session.client(service, region_name=region, config=client_config(max_attempts))  # type: ignore[call-overload]
+        return session.client(service, region_name=region, config=config)  # type: ignore[call-overload]
     except botocore.exceptions.NoRegionError as exc:
         raise ConfigError(
             f"no AWS region configured for the {service} client", hint=DEFAULT_REGION_HINT

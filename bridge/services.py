@@ -275,10 +275,13 @@ def default_region(config: Config) -> str:
 
 
 def secretsmanager_factory(region: str | None) -> Callable[[], Any]:
+    """Secrets are read while a webhook sender waits (GitHub gives up after 10 s): two short attempts,
+    then a 503 the sender can retry, rather than botocore's eight attempts and 60 s read timeout."""
+
     def make() -> Any:
         from bridge import aws
 
-        return aws.client("secretsmanager", region=region)
+        return aws.client("secretsmanager", region=region, max_attempts=2, timeout=2.0)
 
     return make
 

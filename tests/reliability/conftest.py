@@ -1,5 +1,6 @@
-"""Fixtures of the reliability suites (the in-process rig; the real-process server is in test_faults)."""
+"""Fixtures of the reliability suites: the in-process rig, and the Action's runner environment."""
 
 from tests.reliability.rig import rig, rig_factory
+from tests.test_action import actions_token, push_env
 
-__all__ = ["rig", "rig_factory"]
+__all__ = ["actions_token", "push_env", "rig", "rig_factory"]
