@@ -33,6 +33,7 @@ __all__ = [
     "GitLabSettings",
     "InvalidConfigError",
     "KeyDoc",
+    "LocalBuilderSettings",
     "Route",
     "SecretRef",
     "ServerSettings",
@@ -151,6 +152,20 @@ class Route:
 
 
 @dataclass(frozen=True)
+class LocalBuilderSettings:
+    """`[builders.local]`: off unless `enabled`, because it runs repository code on this host."""
+
+    enabled: bool = False
+    tool: str = "auto"  # auto: the first of buildah, podman, docker on PATH
+    work_dir: Path = Path("bridge-builds")
+    max_concurrent_builds: int = 2
+    isolation: str | None = None  # buildah/podman --isolation (chroot where user namespaces are missing)
+    storage_driver: str | None = None  # buildah/podman --storage-driver (vfs works everywhere)
+    storage_root: Path | None = None  # buildah/podman --root/--runroot; None: the tool's default
+    tls_verify: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerSettings
     aws: AwsSettings
@@ -158,6 +173,7 @@ class Config:
     gitlab: GitLabSettings | None
     sns: SnsSettings
     routes: tuple[Route, ...]
+    local_builder: LocalBuilderSettings = field(default_factory=LocalBuilderSettings)
 
 
 class InvalidConfigError(ConfigError):
@@ -364,6 +380,63 @@ _SNS_KEYS = (
     ),
 )
 
+_LOCAL_BUILDER_KEYS = (
+    _Key(
+        "enabled",
+        "boolean",
+        'The switch that allows routes with builder = "local": their repository\'s Dockerfile then runs '
+        "on this host, with this host's network and the build tool's privileges.",
+        default=False,
+    ),
+    _Key(
+        "tool",
+        "string",
+        "Build tool; auto takes the first of buildah, podman, docker found on PATH.",
+        default="auto",
+        choices=("auto", "buildah", "podman", "docker"),
+    ),
+    _Key(
+        "work_dir",
+        "string",
+        "Build records (JSON), logs and checkouts; relative to the config file's directory.",
+        default="bridge-builds",
+    ),
+    _Key(
+        "max_concurrent_builds",
+        "integer",
+        "Builds running at once; later ones wait as QUEUED.",
+        default=2,
+        minimum=1,
+        maximum=64,
+    ),
+    _Key(
+        "isolation",
+        "string",
+        "buildah/podman --isolation; chroot works where user namespaces are not available.",
+        default_doc="the tool's default",
+        choices=("oci", "chroot", "rootless"),
+    ),
+    _Key(
+        "storage_driver",
+        "string",
+        "buildah/podman --storage-driver; vfs works on any file system (slower, more disk).",
+        default_doc="the tool's default",
+        choices=("overlay", "vfs", "btrfs", "zfs"),
+    ),
+    _Key(
+        "storage_root",
+        "string",
+        "buildah/podman image storage (--root, --runroot below it); relative to the config file's directory.",
+        default_doc="the tool's default (/var/lib/containers/storage for root)",
+    ),
+    _Key(
+        "tls_verify",
+        "boolean",
+        "Verify the registry's TLS certificate when pushing (false only for a registry on localhost).",
+        default=True,
+    ),
+)
+
 _ROUTE_KEYS = (
     _Key(
         "name",
@@ -422,7 +495,14 @@ _ROUTE_KEYS = (
         pattern=_PROJECT,
         form="a CodeBuild project name ([A-Za-z0-9][A-Za-z0-9-_]{1,254})",
     ),
-    _Key("builder", "string", "Build backend.", default="codebuild", choices=("codebuild",)),
+    _Key(
+        "builder",
+        "string",
+        "Where the build runs: `codebuild` (AWS CodeBuild) or `local` (buildah, podman or docker on the "
+        "bridge's own host; needs [builders.local] enabled = true, see docs/local-builder.md).",
+        default="codebuild",
+        form="codebuild, local (or a builder a plug-in registered)",
+    ),
     _Key(
         "source_mode",
         "string",
@@ -541,12 +621,20 @@ _SECTIONS: Final = (
     ),
     _Section("sns", _SNS_KEYS, "Optional; needed to receive CodeBuild events through SNS."),
     _Section(
+        "builders.local",
+        _LOCAL_BUILDER_KEYS,
+        "Optional. The `local` builder runs the repository's Dockerfile ON THIS HOST: only for "
+        "repositories whose every committer you trust (see docs/local-builder.md).",
+    ),
+    _Section(
         "routes[]",
         _ROUTE_KEYS,
         "Zero or more `[[routes]]` tables, tried in order: the first route that matches an event builds it.",
     ),
 )
-_TOP_LEVEL: Final = tuple(section.path.removesuffix("[]") for section in _SECTIONS)
+_TOP_LEVEL: Final = tuple(
+    dict.fromkeys(section.path.removesuffix("[]").split(".")[0] for section in _SECTIONS)
+)
 
 # StartBuild's parameters (botocore's codebuild model; tests/test_config.py keeps this list in sync).
 _START_BUILD_PARAMETERS: Final = frozenset(
@@ -577,6 +665,17 @@ _MANAGED_PARAMETERS: Final[Mapping[str, str | None]] = {
     "privilegedModeOverride": "privileged_mode",
     "timeoutInMinutesOverride": "timeout_minutes",
 }
+
+# Route keys only a builder that runs buildspecs (CodeBuild) can honour.
+_CODEBUILD_ONLY_ROUTE_KEYS: Final = (
+    "buildspec",
+    "compute_type",
+    "build_image",
+    "privileged_mode",
+    "overrides",
+    "source_mode",
+    "clone_token",
+)
 
 # A plain env value under one of these names is almost certainly a pasted secret.
 _SECRET_WORDS: Final = frozenset({"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS", "APIKEY", "PAT"})
@@ -849,6 +948,79 @@ class _Reader:
             return SnsSettings()
         return SnsSettings(topic_arns=values["topic_arns"])
 
+    def builders(self, raw: object, base_dir: Path) -> LocalBuilderSettings:
+        if not isinstance(raw, dict):
+            self.error("builders", f"must be a table, not {_toml_type(raw)}", hint="write [builders.local]")
+            return LocalBuilderSettings()
+        for name in raw:
+            if name != "local":
+                self.error(
+                    f"builders.{name}",
+                    "unknown builder section" + _suggest(name, ["local"]),
+                    hint="only the local builder has settings: [builders.local]",
+                )
+        values = self.table(raw.get("local", {}), _LOCAL_BUILDER_KEYS, "builders.local")
+        if values is None or any(value is _INVALID for value in values.values()):
+            return LocalBuilderSettings()
+
+        def path(value: str) -> Path:
+            given = Path(value).expanduser()
+            return given if given.is_absolute() else base_dir / given
+
+        return LocalBuilderSettings(
+            enabled=values["enabled"],
+            tool=values["tool"],
+            work_dir=path(values["work_dir"]),
+            max_concurrent_builds=values["max_concurrent_builds"],
+            isolation=values["isolation"],
+            storage_driver=values["storage_driver"],
+            storage_root=path(values["storage_root"]) if values["storage_root"] else None,
+            tls_verify=values["tls_verify"],
+        )
+
+    def route_builders(self, raw: object, local: LocalBuilderSettings) -> None:
+        """Each route's builder exists, is switched on, and is not handed settings it would ignore."""
+        from bridge import builders
+
+        if not isinstance(raw, list):
+            return
+        for index, entry in enumerate(raw):
+            if not isinstance(entry, dict) or not isinstance(entry.get("builder"), str):
+                continue
+            where, name = f"routes[{index}]", entry["builder"]
+            if name not in builders.names():
+                self.error(
+                    f"{where}.builder",
+                    f"{_shown(name)} is not a builder{_suggest(name, builders.names())}",
+                    hint=f"builders: {', '.join(builders.names())}",
+                )
+                continue
+            if name == "local" and not local.enabled:
+                self.error(
+                    f"{where}.builder",
+                    '"local" runs the repository\'s Dockerfile on this host, and builders.local.enabled '
+                    "is not true",
+                    hint="if you trust every committer of the route's repositories, add [builders.local] "
+                    'with enabled = true (see docs/local-builder.md); otherwise use builder = "codebuild"',
+                )
+            capabilities = builders.capabilities(name)
+            if not capabilities.buildspec:
+                for key in _CODEBUILD_ONLY_ROUTE_KEYS:
+                    if key in entry:
+                        self.error(
+                            f"{where}.{key}",
+                            f"is a CodeBuild setting, and the {name} builder would ignore it",
+                            hint=f"remove {key}: the {name} builder builds the repository's Dockerfile",
+                        )
+            if entry.get("env") and not capabilities.secret_variables:
+                for variable, value in entry["env"].items():
+                    if isinstance(value, str) and value.startswith(("secretsmanager:", "ssm:")):
+                        self.error(
+                            f"{where}.env.{variable}",
+                            f"is a secret reference, and the {name} builder does not resolve secrets",
+                            hint='remove it, or build this route with builder = "codebuild"',
+                        )
+
     def routes(self, raw: object, sections: Mapping[str, bool]) -> tuple[Route, ...]:
         if not isinstance(raw, list):
             self.error(
@@ -1112,11 +1284,21 @@ def parse_config(text: str, *, base_dir: Path, source: str = "config") -> Config
     github = reader.github(data["github"]) if "github" in data else None
     gitlab = reader.gitlab(data["gitlab"]) if "gitlab" in data else None
     sns = reader.sns(data["sns"]) if "sns" in data else SnsSettings()
+    local_builder = reader.builders(data.get("builders", {}), base_dir)
     sections = {"github": "github" in data, "gitlab": "gitlab" in data}
     routes = reader.routes(data.get("routes", []), sections)
+    reader.route_builders(data.get("routes", []), local_builder)
     if reader.errors:
         raise InvalidConfigError(reader.errors, source=source)
-    return Config(server=server, aws=aws, github=github, gitlab=gitlab, sns=sns, routes=routes)
+    return Config(
+        server=server,
+        aws=aws,
+        github=github,
+        gitlab=gitlab,
+        sns=sns,
+        routes=routes,
+        local_builder=local_builder,
+    )
 
 
 def load_config(path: str | Path) -> Config:

@@ -14,11 +14,12 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from bridge import routing
+from bridge.builders import CODEBUILD_CAPABILITIES
 from bridge.config import Config, Route
 from bridge.errors import ConfigError, SignatureError
 from bridge.metrics import Metrics
@@ -64,6 +65,7 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
+    builders: Mapping[str, Builder] = field(default_factory=dict)  # other builders by name (`local`)
 
     @property
     def poll_interval(self) -> float:
@@ -78,6 +80,29 @@ class Services:
             key="routes",
             hint="the delivery was accepted under a route since removed; re-send it after fixing the config",
         )
+
+    def builder_for(self, route: Route) -> Builder:
+        """The builder a route names: `builder` under its own name, the others from `builders`."""
+        if route.builder in self.builders:
+            return self.builders[route.builder]
+        if route.builder == self.builder.name:
+            return self.builder
+        raise ConfigError(
+            f"route '{route.name}' names builder '{route.builder}', which this server did not set up",
+            key="builder",
+            hint="restart the server after changing a route's builder",
+        )
+
+    def builder_for_build(self, build_id: str) -> Builder:
+        """The builder that owns a tracked build, from its id alone (routes may change meanwhile).
+
+        Other builders' ids start with `NAME:` (`local:<uuid>`); everything else is CodeBuild's
+        `project:uuid`.
+        """
+        for name, builder in self.builders.items():
+            if name != self.builder.name and build_id.startswith(f"{name}:"):
+                return builder
+        return self.builder
 
     def build_options(self, route: Route, event: SourceEvent) -> BuildOptions:
         return routing.build_options(route, event)
@@ -208,6 +233,7 @@ class LazyCodeBuild:
     """A CodeBuild builder whose boto3 clients are made on first use (start-up needs no AWS)."""
 
     name = "codebuild"
+    capabilities = CODEBUILD_CAPABILITIES
 
     def __init__(self, region: str | None) -> None:
         self._region = region
@@ -286,6 +312,15 @@ def secretsmanager_factory(region: str | None) -> Callable[[], Any]:
     return make
 
 
+def route_builders(config: Config) -> dict[str, Builder]:
+    """Every builder other than CodeBuild that a route names, made now: a local builder with no
+    build tool installed stops the server at start-up rather than failing the first delivery."""
+    from bridge import builders
+
+    names = dict.fromkeys(route.builder for route in config.routes if route.builder != "codebuild")
+    return {name: builders.create(name, config) for name in names}
+
+
 def build_services(config: Config, *, store: Store | None = None) -> Services:
     """The real collaborators. Nothing here opens a network connection."""
     secrets = SecretStore(secretsmanager_factory(config.aws.region))
@@ -298,6 +333,7 @@ def build_services(config: Config, *, store: Store | None = None) -> Services:
         region=default_region(config),
         fetch_certificate=CertificateCache(fetch_sns_certificate),
         confirm_subscription=confirm_sns_subscription,
+        builders=route_builders(config),
     )
     services.metrics.watch_store(services.store.counts)
     return services

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from bridge.builders.base import Builder
 from bridge.errors import BridgeError, BuilderError, CredentialsError, SecretError
 from bridge.model import BuildRecord, BuildStatus, SourceEvent
 from bridge.plan import plan_build
@@ -293,7 +294,7 @@ class Worker:
                 services.build_options(route, event),
                 idempotency_seed=idempotency_seed(delivery_id, route_name),
             )
-            record = services.builder.start(request)
+            record = services.builder_for(route).start(request)
         except Exception as exc:
             retryable = is_retryable(exc)
             services.metrics.worker_errors.labels(stage="start", retryable=str(retryable).lower()).inc()
@@ -347,19 +348,30 @@ class Worker:
         if not active:
             self._backoff.success()
             return 0
-        try:
-            records = self._services.builder.get_many([build.build_id for build in active])
-        except BuilderError as exc:
-            self._services.metrics.worker_errors.labels(
-                stage="poll", retryable=str(exc.retryable).lower()
-            ).inc()
+        by_builder: dict[int, tuple[Builder, list[str]]] = {}
+        for build in active:
+            builder = self._services.builder_for_build(build.build_id)
+            by_builder.setdefault(id(builder), (builder, []))[1].append(build.build_id)
+        records: dict[str, BuildRecord] = {}
+        failed = False
+        for builder, build_ids in by_builder.values():
+            try:
+                records.update(builder.get_many(build_ids))
+            except BuilderError as exc:
+                failed = True
+                self._services.metrics.worker_errors.labels(
+                    stage="poll", retryable=str(exc.retryable).lower()
+                ).inc()
+                log.warning(
+                    "polling builds failed; backing off",
+                    extra={"error": _describe(exc), "builder": builder.name},
+                )
+        if failed:
             self._backoff.failure()
-            log.warning(
-                "polling builds failed; backing off",
-                extra={"error": _describe(exc), "next_interval_seconds": self._backoff.interval},
-            )
-            return 0
-        self._backoff.success()
+            if not records:
+                return 0
+        else:
+            self._backoff.success()
         updated = 0
         for build in active:
             record = records.get(build.build_id)
@@ -453,7 +465,7 @@ class Worker:
         """
         region = region_of_build(record, self._services.region)
         try:
-            lines = self._services.builder.log_tail(record).poll(record)
+            lines = self._services.builder_for_build(status.build_id).log_tail(record).poll(record)
         except Exception as exc:
             log.warning(
                 "could not read the build log", extra={"build_id": status.build_id, "error": _describe(exc)}
@@ -464,6 +476,12 @@ class Worker:
     def _reported_recently(self, build_id: str) -> bool:
         last = self._reported_at.get(build_id)
         return last is not None and self._services.monotonic() - last < self._phase_report_interval
+
+    def stop_build(self, build_id: str) -> BuildRecord:
+        """Stop a build through the builder that owns it, and report what the stop changed."""
+        record = self._services.builder_for_build(build_id).stop(build_id)
+        self.apply_record(record)
+        return record
 
     # -- (c) EventBridge via SNS -------------------------------------------------------------------
 

@@ -2,15 +2,30 @@
 
 A builder starts a BuildRequest, reads many build records in one call, stops a build and tails
 its log. Records are CodeBuild-shaped dicts (see model.BuildRecord) whatever the backend, so the
-status and reporting code never learns which backend ran the build.
+status and reporting code never learns which backend ran the build. `Capabilities` says what a
+backend can honour, so the config loader can refuse a route asking for something its builder
+would silently ignore (a buildspec on a builder that only builds Dockerfiles, say).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.model import BuildRecord, BuildRequest
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a builder does with a request. Fields are facts users must know before choosing one."""
+
+    runs_on_bridge_host: bool  # repository code runs on the bridge's own machine (a trust decision)
+    buildspec: bool  # runs a CodeBuild buildspec; False: builds the repository's Dockerfile
+    secret_variables: bool  # resolves SECRETS_MANAGER / PARAMETER_STORE variables for the build
+    pushes_images: bool  # pushes to image_repository when one is set
+    stop: bool  # stop() ends a running build
+    batch: bool  # can run a batch of builds (CodeBuild's StartBuildBatch)
 
 
 class LogTail(Protocol):
@@ -37,3 +52,9 @@ class Builder(Protocol):
     def stop(self, build_id: str) -> BuildRecord: ...
 
     def log_tail(self, build: BuildRecord) -> LogTail: ...
+
+
+class CapableBuilder(Builder, Protocol):
+    """A Builder that states its capabilities (every builder registered in bridge.builders)."""
+
+    capabilities: Capabilities
