@@ -69,7 +69,7 @@ def build_status(
     build_number = number if isinstance(number, int) and not isinstance(number, bool) else None
     image_uri, image_digest = _exported(build, "IMAGE_URI"), _exported(build, "IMAGE_DIGEST")
 
-    console = console_url(build.get("arn") or build_id, region) if build_id else ""
+    console = _console_link(build, build_id, region)
     logs_url = _logs_url(build, region)
     failing = _failing_phase(build)
     title = _title(
@@ -106,6 +106,18 @@ def build_status(
         image_uri=image_uri,
         image_digest=image_digest,
     )
+
+
+def _console_link(build: BuildRecord, build_id: str, region: str) -> str:
+    """The CodeBuild console page, for records CodeBuild made; "" for other builders' records.
+
+    A CodeBuild record always carries its ARN; a record without one (the local builder's) has no
+    console page, and a made-up AWS link would send users to a build that does not exist.
+    """
+    arn = build.get("arn")
+    if isinstance(arn, str) and arn.startswith("arn:"):
+        return console_url(arn, region)
+    return ""
 
 
 def console_url(build_id_or_arn: str, region: str, account_id: str | None = None) -> str:

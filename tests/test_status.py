@@ -689,3 +689,19 @@ def test_is_batch_and_is_complete() -> None:
     assert is_complete(batch_record("SUCCEEDED", "SUCCEEDED"))
     assert not is_complete(batch_record())
     assert is_complete({"id": BUILD_ID, "buildComplete": True})
+
+
+def test_a_record_without_a_codebuild_arn_gets_no_console_link() -> None:
+    """Other builders' records (the local builder's) have no console page to point at."""
+    record = {
+        "id": "local:0f1e2d3c",
+        "buildStatus": "SUCCEEDED",
+        "buildComplete": True,
+        "currentPhase": "COMPLETED",
+        "logs": {"localPath": "/var/lib/bridge/logs/0f1e2d3c.log"},
+    }
+    assert build_status(record, region="eu-west-1").console_url == ""
+    with_arn = dict(
+        record, id="flex:0f1e2d3c", arn="arn:aws:codebuild:eu-west-1:123456789012:build/flex:0f1e2d3c"
+    )
+    assert build_status(with_arn, region="eu-west-1").console_url.startswith("https://eu-west-1.console.aws")
