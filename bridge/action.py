@@ -441,6 +441,19 @@ def run(env: Mapping[str, str], out: TextIO) -> int:
         return error.exit_code
 
 
+class _OnFirstUse:
+    """A boto3 client created on its first attribute access."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            self._client = self._make()
+        return getattr(self._client, name)
+
+
 def _run(env: Mapping[str, str], commands: WorkflowCommands) -> int:
     inputs = read_inputs(env)
     if inputs.github_token is not None:
@@ -459,8 +472,11 @@ def _run(env: Mapping[str, str], commands: WorkflowCommands) -> int:
             env, inputs, inputs.workspace, aws.client("s3", session=session), commands
         )
     request = plan_build(event, options, idempotency_seed=idempotency_seed(env), context_env=context)
-    builder = CodeBuildBuilder(aws.client("codebuild", session=session), aws.client("logs", session=session))
-    ecr = aws.client("ecr", session=session) if request.image_uri else None
+    # The logs and ECR clients are first used after StartBuild: made then, they keep ~60 ms each
+    # of service-model loading off the start-up path (bench/startup.py).
+    logs: Any = _OnFirstUse(lambda: aws.client("logs", session=session))
+    builder = CodeBuildBuilder(aws.client("codebuild", session=session), logs)
+    ecr: Any = _OnFirstUse(lambda: aws.client("ecr", session=session)) if request.image_uri else None
 
     def digest(image_uri: str) -> str | None:
         return aws.ecr_image_digest(ecr, image_uri) if ecr is not None else None
