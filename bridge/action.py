@@ -279,7 +279,7 @@ class BuildRun:
         builder: Builder,
         region: str,
         commands: WorkflowCommands,
-        checks: CheckRunReporter | None,
+        checks: Callable[[], CheckRunReporter | None],
         describe_image_digest: Callable[[str], str | None],
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -290,7 +290,9 @@ class BuildRun:
         self.builder = builder
         self.region = region
         self.commands = commands
-        self.checks = checks
+        # Made only once the build has started: PyGithub's import must not delay StartBuild.
+        self.make_checks = checks
+        self.checks: CheckRunReporter | None = None
         self.describe_image_digest = describe_image_digest
         self.sleep = sleep
         self.clock = clock
@@ -319,6 +321,7 @@ class BuildRun:
             self.commands.warning(f"could not update the check run: {error}", title="check run")
 
     def _start_check(self, status: BuildStatus) -> None:
+        self.checks = self.make_checks()
         if self.checks is None:
             return
         try:
@@ -488,7 +491,7 @@ def _run(env: Mapping[str, str], commands: WorkflowCommands) -> int:
         builder=builder,
         region=region,
         commands=commands,
-        checks=_make_check_reporter(inputs, env),
+        checks=lambda: _make_check_reporter(inputs, env),
         describe_image_digest=digest,
     )
     build, status = build_run.run()
