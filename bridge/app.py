@@ -206,7 +206,10 @@ def create_app(config: Config, services: Services, *, worker: Worker | None = No
         ctx.fields.update(repository=result.repository, sha=result.sha)
         added = services.store.add_delivery(delivery_id, result.provider, event_name, matched.name, result)
         if not added:
+            # A replica may have stored the original and died before enqueueing it: enqueue again.
+            services.delivery_queue.nudge(delivery_id)
             return answer(ctx, 200, {"duplicate": delivery_id}, "duplicate")
+        services.delivery_queue.enqueue(delivery_id)  # persisted first: a lost message is re-sent above
         worker.wake()
         return answer(ctx, 202, {"delivery": delivery_id, "route": matched.name}, "accepted")
 

@@ -34,10 +34,12 @@ __all__ = [
     "InvalidConfigError",
     "KeyDoc",
     "LocalBuilderSettings",
+    "QueueSettings",
     "Route",
     "SecretRef",
     "ServerSettings",
     "SnsSettings",
+    "StoreSettings",
     "config_schema",
     "default_events",
     "load_config",
@@ -166,6 +168,25 @@ class LocalBuilderSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """`[store]`: SQLite (one replica, the default) or DynamoDB shared by several replicas."""
+
+    backend: Literal["sqlite", "dynamodb"] = "sqlite"
+    table: str | None = None
+    retention_days: int = 30
+    lease_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """`[queue]`: the SQS queue between intake and workers (only with the dynamodb store)."""
+
+    url: str | None = None
+    visibility_timeout_seconds: int = 60
+    wait_seconds: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerSettings
     aws: AwsSettings
@@ -174,6 +195,8 @@ class Config:
     sns: SnsSettings
     routes: tuple[Route, ...]
     local_builder: LocalBuilderSettings = field(default_factory=LocalBuilderSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
 
 
 class InvalidConfigError(ConfigError):
@@ -605,6 +628,71 @@ _ROUTE_KEYS = (
     ),
 )
 
+_DYNAMODB_TABLE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+
+_STORE_KEYS = (
+    _Key(
+        "backend",
+        "string",
+        "Where deliveries and tracked builds live: sqlite (server.state_path, one replica) or dynamodb "
+        "(shared by several replicas; needs [queue] url).",
+        default="sqlite",
+        choices=("sqlite", "dynamodb"),
+    ),
+    _Key(
+        "table",
+        "string",
+        'DynamoDB table name (the stack\'s StateTable output). Required with backend = "dynamodb".',
+        default_doc="(none)",
+        pattern=_DYNAMODB_TABLE,
+        form="a DynamoDB table name (3-255 of A-Z a-z 0-9 _ . -)",
+    ),
+    _Key(
+        "retention_days",
+        "integer",
+        "How long a delivery id is remembered (redeliveries within it are duplicates) and a finished build"
+        " kept; DynamoDB's TTL deletes older rows.",
+        default=30,
+        minimum=1,
+        maximum=3650,
+    ),
+    _Key(
+        "lease_seconds",
+        "integer",
+        "How long a replica holds a build it reports on, or a delivery it starts (SQLite); a replica that"
+        " dies holding one is replaced after this long.",
+        default=60,
+        minimum=2,
+        maximum=3600,
+    ),
+)
+
+_QUEUE_KEYS = (
+    _Key(
+        "url",
+        "url",
+        'SQS queue URL (the stack\'s DeliveryQueueUrl output). Required with store.backend = "dynamodb".',
+        default_doc="(none)",
+    ),
+    _Key(
+        "visibility_timeout_seconds",
+        "integer",
+        "How long a received delivery stays hidden from other replicas; if its replica dies, another takes"
+        " it after this long. Keep it above a StartBuild's worst case.",
+        default=60,
+        minimum=2,
+        maximum=43_200,
+    ),
+    _Key(
+        "wait_seconds",
+        "integer",
+        "Long-poll wait of each receive (SQS bills per request, so waiting is cheaper than asking often).",
+        default=10,
+        minimum=0,
+        maximum=20,
+    ),
+)
+
 _SECTIONS: Final = (
     _Section("server", _SERVER_KEYS, "Optional. The webhook server."),
     _Section("aws", _AWS_KEYS, "Optional."),
@@ -626,6 +714,12 @@ _SECTIONS: Final = (
         "Optional. The `local` builder runs the repository's Dockerfile ON THIS HOST: only for "
         "repositories whose every committer you trust (see docs/local-builder.md).",
     ),
+    _Section(
+        "store",
+        _STORE_KEYS,
+        "Optional. The state store; see docs/scaling.md for running several replicas on DynamoDB.",
+    ),
+    _Section("queue", _QUEUE_KEYS, 'Optional; needed by store.backend = "dynamodb".'),
     _Section(
         "routes[]",
         _ROUTE_KEYS,
@@ -1021,6 +1115,44 @@ class _Reader:
                             hint='remove it, or build this route with builder = "codebuild"',
                         )
 
+    def store(self, raw: object) -> StoreSettings:
+        values = self.table(raw, _STORE_KEYS, "store")
+        if values is None or any(value is _INVALID for value in values.values()):
+            return StoreSettings()
+        return StoreSettings(
+            backend=values["backend"],
+            table=values["table"],
+            retention_days=values["retention_days"],
+            lease_seconds=values["lease_seconds"],
+        )
+
+    def queue(self, raw: object) -> QueueSettings:
+        values = self.table(raw, _QUEUE_KEYS, "queue")
+        if values is None or any(value is _INVALID for value in values.values()):
+            return QueueSettings()
+        return QueueSettings(
+            url=values["url"],
+            visibility_timeout_seconds=values["visibility_timeout_seconds"],
+            wait_seconds=values["wait_seconds"],
+        )
+
+    def shared_state(self, store: StoreSettings, queue: QueueSettings) -> None:
+        """DynamoDB without a queue would leave accepted deliveries with nobody told to start them."""
+        if store.backend != "dynamodb":
+            return
+        if store.table is None:
+            self.error(
+                "store.table",
+                'is required with backend = "dynamodb"',
+                hint="set it to the stack's StateTable output",
+            )
+        if queue.url is None:
+            self.error(
+                "queue.url",
+                'is required with store.backend = "dynamodb"',
+                hint="set it to the stack's DeliveryQueueUrl output",
+            )
+
     def routes(self, raw: object, sections: Mapping[str, bool]) -> tuple[Route, ...]:
         if not isinstance(raw, list):
             self.error(
@@ -1288,6 +1420,9 @@ def parse_config(text: str, *, base_dir: Path, source: str = "config") -> Config
     sections = {"github": "github" in data, "gitlab": "gitlab" in data}
     routes = reader.routes(data.get("routes", []), sections)
     reader.route_builders(data.get("routes", []), local_builder)
+    store = reader.store(data.get("store", {}))
+    queue = reader.queue(data.get("queue", {}))
+    reader.shared_state(store, queue)
     if reader.errors:
         raise InvalidConfigError(reader.errors, source=source)
     return Config(
@@ -1298,6 +1433,8 @@ def parse_config(text: str, *, base_dir: Path, source: str = "config") -> Config
         sns=sns,
         routes=routes,
         local_builder=local_builder,
+        store=store,
+        queue=queue,
     )
 
 

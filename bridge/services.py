@@ -24,8 +24,9 @@ from bridge.config import Config, Route
 from bridge.errors import ConfigError, SignatureError
 from bridge.metrics import Metrics
 from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, SourceEvent
+from bridge.queue import DeliveryQueue, LocalQueue, SqsQueue
 from bridge.secrets import SecretStore
-from bridge.store import Store
+from bridge.store import StateStore, Store
 from bridge.verify import CertificateCache, is_allowed_sns_certificate_url, is_sns_service_url
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ ReporterFactory = Callable[[SourceEvent, Route], "StatusReporter | None"]
 @dataclass
 class Services:
     config: Config
-    store: Store
+    store: StateStore
     secrets: SecretStore
     builder: Builder
     reporters: ReporterFactory
@@ -66,6 +67,11 @@ class Services:
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     builders: Mapping[str, Builder] = field(default_factory=dict)  # other builders by name (`local`)
+    queue: DeliveryQueue | None = None  # None: the store's own pending rows (SQLite, one replica)
+
+    @property
+    def delivery_queue(self) -> DeliveryQueue:
+        return self.queue if self.queue is not None else LocalQueue(self.store)
 
     @property
     def poll_interval(self) -> float:
@@ -321,12 +327,37 @@ def route_builders(config: Config) -> dict[str, Builder]:
     return {name: builders.create(name, config) for name in names}
 
 
-def build_services(config: Config, *, store: Store | None = None) -> Services:
+def shared_state(config: Config) -> tuple[StateStore, DeliveryQueue | None]:
+    """The store and queue `[store] backend` names: SQLite alone, or DynamoDB with SQS for replicas."""
+    if config.store.backend != "dynamodb":
+        return Store(config.server.state_path), None
+    from bridge.store_dynamodb import DynamoStore
+
+    region = default_region(config)
+    store = DynamoStore(
+        config.store.table or "",
+        region=region,
+        retention_seconds=config.store.retention_days * 86_400,
+    )
+    queue = SqsQueue(
+        config.queue.url or "",
+        store,
+        region=region,
+        visibility_timeout=config.queue.visibility_timeout_seconds,
+        max_wait_seconds=config.queue.wait_seconds,
+    )
+    return store, queue
+
+
+def build_services(config: Config, *, store: StateStore | None = None) -> Services:
     """The real collaborators. Nothing here opens a network connection."""
     secrets = SecretStore(secretsmanager_factory(config.aws.region))
+    queue: DeliveryQueue | None = None
+    if store is None:
+        store, queue = shared_state(config)
     services = Services(
         config=config,
-        store=store if store is not None else Store(config.server.state_path),
+        store=store,
         secrets=secrets,
         builder=LazyCodeBuild(config.aws.region),
         reporters=ProviderReporters(config, secrets),
@@ -334,6 +365,7 @@ def build_services(config: Config, *, store: Store | None = None) -> Services:
         fetch_certificate=CertificateCache(fetch_sns_certificate),
         confirm_subscription=confirm_sns_subscription,
         builders=route_builders(config),
+        queue=queue,
     )
     services.metrics.watch_store(services.store.counts)
     return services

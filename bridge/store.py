@@ -9,6 +9,12 @@ idempotency token derived from the delivery id keeps CodeBuild from starting a s
 
 One connection guarded by a lock serves every thread of a process; SQLite's own file locking (with
 a busy timeout) orders writes between processes. Every write is one `BEGIN IMMEDIATE` transaction.
+
+`StateStore` is what the app and the worker need from any store; `SqliteStore` is the embedded
+default and `bridge.store_dynamodb.DynamoStore` the one several replicas share. The lease methods
+(`claim_delivery`, `claim_builds`, `lock_build`, `release_build`) only matter when several processes
+share the state: SQLite has one process, whose worker thread already polls every build once per
+interval, so there they are plain reads.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, cast, get_args
+from typing import Any, Final, Literal, Protocol, cast, get_args
 
 from bridge.errors import BridgeError
 from bridge.model import SourceEvent
@@ -31,6 +37,8 @@ __all__ = [
     "DeliveryRow",
     "DeliveryState",
     "PendingDelivery",
+    "SqliteStore",
+    "StateStore",
     "Store",
     "StoreError",
     "TrackedBuild",
@@ -155,10 +163,79 @@ def event_from_json(text: str) -> SourceEvent:
         raise StoreError(f"a stored event lacks a field: {exc}", hint="the state file is damaged") from None
 
 
-# --- the store ----------------------------------------------------------------------------------------
+# --- what every store offers --------------------------------------------------------------------------
 
 
-class Store:
+class StateStore(Protocol):
+    """Deliveries (deduped by id) and the builds started for them, shared by the app and the worker."""
+
+    def add_delivery(
+        self, delivery_id: str, provider: str, event_name: str, route_name: str, event: SourceEvent
+    ) -> bool: ...
+
+    def add_ignored(self, delivery_id: str, provider: str, event_name: str, reason: str) -> bool: ...
+
+    def claim_pending(self, limit: int = 10, *, lease_seconds: float = 60) -> list[PendingDelivery]: ...
+
+    def claim_delivery(self, delivery_id: str, *, lease_seconds: float = 60) -> PendingDelivery | None:
+        """This one delivery, leased, if it is pending and due; None when it is done or leased elsewhere."""
+        ...
+
+    def mark_started(
+        self,
+        delivery_id: str,
+        build_id: str,
+        reporter_ref: str | None = None,
+        *,
+        lease_owner: str | None = None,
+        lease_seconds: float = 60,
+    ) -> bool:
+        """True when this call recorded the build (False: it was already recorded, report nothing)."""
+        ...
+
+    def mark_retry(self, delivery_id: str, error: str, delay_seconds: float) -> None: ...
+
+    def mark_failed(self, delivery_id: str, error: str) -> None: ...
+
+    def get_delivery(self, delivery_id: str) -> DeliveryRow | None: ...
+
+    def active_builds(self) -> list[TrackedBuild]: ...
+
+    def get_build(self, build_id: str) -> TrackedBuild | None: ...
+
+    def latest_build_of(self, provider: str, repository: str, sha: str) -> TrackedBuild | None: ...
+
+    def update_build(
+        self,
+        build_id: str,
+        *,
+        last_build_status: str | None = None,
+        last_reported_state: str | None = None,
+        reporter_ref: str | None = None,
+        done: bool | None = None,
+    ) -> None: ...
+
+    def claim_builds(self, owner: str, *, lease_seconds: float, poll_interval: float) -> list[TrackedBuild]:
+        """Active builds due for a poll, leased to `owner`: the fleet polls each once per interval."""
+        ...
+
+    def lock_build(self, build_id: str, owner: str, *, lease_seconds: float) -> TrackedBuild | None:
+        """The right to report on one build now; None while another replica holds it."""
+        ...
+
+    def release_build(self, build_id: str, owner: str) -> None: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def writable(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+# --- the SQLite store ---------------------------------------------------------------------------------
+
+
+class SqliteStore:
     def __init__(
         self,
         path: str | Path,
@@ -268,8 +345,43 @@ class Store:
             for row in rows
         ]
 
-    def mark_started(self, delivery_id: str, build_id: str, reporter_ref: str | None = None) -> None:
-        """The delivery is done and its build is tracked: both, or (on any error) neither."""
+    def claim_delivery(self, delivery_id: str, *, lease_seconds: float = 60) -> PendingDelivery | None:
+        now = self._clock()
+        with self._guard("claiming a delivery"), self._transaction() as conn:
+            row = conn.execute(
+                "SELECT delivery_id, provider, event_name, route_name, event_json, attempts, received_at"
+                " FROM deliveries WHERE delivery_id = ? AND state = 'pending' AND next_attempt_at <= ?",
+                (delivery_id, now),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ? WHERE delivery_id = ?",
+                (now + lease_seconds, delivery_id),
+            )
+        return PendingDelivery(
+            delivery_id=row[0],
+            provider=row[1],
+            event_name=row[2],
+            route_name=row[3],
+            event=event_from_json(row[4]),
+            attempts=row[5] + 1,
+            received_at=row[6],
+        )
+
+    def mark_started(
+        self,
+        delivery_id: str,
+        build_id: str,
+        reporter_ref: str | None = None,
+        *,
+        lease_owner: str | None = None,
+        lease_seconds: float = 60,
+    ) -> bool:
+        """The delivery is done and its build is tracked: both, or (on any error) neither.
+
+        `lease_owner` is ignored: one process, one worker thread, nobody to keep out.
+        """
         now = self._clock()
         with self._guard("recording a started build"), self._transaction() as conn:
             row = conn.execute(
@@ -285,11 +397,12 @@ class Store:
                 " WHERE delivery_id = ?",
                 (build_id, delivery_id),
             )
-            conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO builds (build_id, delivery_id, provider, route_name, event_json, reporter_ref,"
                 " done, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT (build_id) DO NOTHING",
                 (build_id, delivery_id, row[0], row[1], row[2], reporter_ref, now),
             )
+            return cursor.rowcount == 1
 
     def mark_retry(self, delivery_id: str, error: str, delay_seconds: float) -> None:
         now = self._clock()
@@ -394,6 +507,17 @@ class Store:
                 ),
             )
 
+    # --- leases (one process: every active build is this worker's) ----------------------------------
+
+    def claim_builds(self, owner: str, *, lease_seconds: float, poll_interval: float) -> list[TrackedBuild]:
+        return self.active_builds()
+
+    def lock_build(self, build_id: str, owner: str, *, lease_seconds: float) -> TrackedBuild | None:
+        return self.get_build(build_id)
+
+    def release_build(self, build_id: str, owner: str) -> None:
+        return None
+
     # --- health -----------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
@@ -423,3 +547,6 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+Store = SqliteStore  # the name existing callers construct: `Store(path)` is the embedded default

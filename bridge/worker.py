@@ -17,13 +17,22 @@ Exactly-once, step by step:
 
 With SQLite the store lives in one file that one process may write, which is why `bridge serve`
 runs a single gunicorn worker process with threads: one process, one worker thread, one writer.
+
+Several replicas (DynamoDB + SQS) keep the same guarantees with leases instead of a single writer:
+any replica's worker takes a delivery from the queue and claims it in the store; each running build
+is claimed for one poll per interval by whichever replica gets to it first, and reporting on a
+build (from a poll or an EventBridge event reaching any replica) needs that build's lease, which a
+dead replica loses when it expires. See bridge/queue.py and bridge/store_dynamodb.py.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -33,9 +42,10 @@ from bridge.errors import BridgeError, BuilderError, CredentialsError, SecretErr
 from bridge.model import BuildRecord, BuildStatus, SourceEvent
 from bridge.plan import plan_build
 from bridge.poll import Backoff
+from bridge.queue import Job
 from bridge.services import Services, StatusReporter
 from bridge.status import build_status
-from bridge.store import PendingDelivery
+from bridge.store import TrackedBuild
 
 log = logging.getLogger("bridge.worker")
 
@@ -45,6 +55,9 @@ RETRY_BASE_SECONDS: Final = 2.0
 RETRY_CAP_SECONDS: Final = 120.0
 CLAIM_BATCH: Final = 10
 DEFAULT_LEASE_SECONDS: Final = 60
+POLL_LEASE_SECONDS: Final = 5  # how long a poll holds each build it claimed (a cycle takes less)
+LEASE_RETRY_SECONDS: Final = 0.2
+LEASE_ATTEMPTS: Final = 30  # an event waits out a poll's lease (~6 s) on another replica
 # A phase change inside a running build is worth a status update, but not one per phase: each
 # GitHub write costs a second of the App's write budget. State changes are always reported.
 PHASE_REPORT_INTERVAL_SECONDS: Final = 10.0
@@ -182,7 +195,7 @@ class Worker:
         services: Services,
         *,
         poll_interval: float | None = None,
-        lease_seconds: int = DEFAULT_LEASE_SECONDS,
+        lease_seconds: int | None = None,
         max_attempts: int = MAX_ATTEMPTS,
         phase_report_interval: float = PHASE_REPORT_INTERVAL_SECONDS,
         sleep_rand: Callable[[], float] = random.random,
@@ -190,7 +203,12 @@ class Worker:
         self._services = services
         interval = poll_interval if poll_interval is not None else services.poll_interval
         self._backoff = Backoff(interval, cap=max(interval * 8, 60.0))
-        self._lease_seconds = lease_seconds
+        self._lease_seconds = (
+            lease_seconds if lease_seconds is not None else services.config.store.lease_seconds
+        )
+        self._queue = services.delivery_queue
+        # Names this worker in the shared store's leases: unique per process, readable in the table.
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._max_attempts = max_attempts
         self._rand = sleep_rand
         self._phase_report_interval = phase_report_interval
@@ -200,6 +218,8 @@ class Worker:
         self._lock = threading.RLock()  # one build is updated by one path at a time (poll vs event)
         self._thread: threading.Thread | None = None
         self._next_poll = 0.0
+        self._claimed_at = 0.0  # when track_builds last claimed its builds
+        self._written: dict[str, float] = {}  # build id → when this process last recorded a report
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -251,8 +271,33 @@ class Worker:
                 self._services.metrics.worker_errors.labels(stage="cycle", retryable="true").inc()
                 self._next_poll = self._services.monotonic() + self._backoff.delay()
             wait = max(0.05, min(self._backoff.interval, self._next_poll - self._services.monotonic()))
-            self._wake.wait(wait)
+            if self._queue.long_polls:
+                self._wait_for_deliveries(wait)
+            else:
+                self._wake.wait(wait)
         log.info("worker stopped")
+
+    def _wait_for_deliveries(self, wait: float) -> None:
+        """Wait in the queue's long polls until the next poll is due: a delivery any replica
+        accepted starts here at once. A receive that did not wait (`wait_seconds = 0`) is followed
+        by a short sleep, so an idle worker never spins.
+        """
+        monotonic = self._services.monotonic
+        deadline = monotonic() + wait
+        while not self._stop.is_set():
+            began = monotonic()
+            started = 0
+            try:
+                started = self.drain_pending(wait_seconds=deadline - began)
+            except Exception:
+                log.exception("receiving deliveries failed; trying again shortly")
+                self._services.metrics.worker_errors.labels(stage="cycle", retryable="true").inc()
+                self._wake.wait(min(1.0, max(0.0, deadline - monotonic())))
+            now = monotonic()
+            if started or now >= deadline:
+                return
+            if now - began < 0.1:
+                self._wake.wait(min(1.0, deadline - now))
 
     def run_once(self) -> None:
         """One full cycle: start what is pending, then one batched poll of every active build."""
@@ -261,24 +306,31 @@ class Worker:
 
     # -- (a) pending deliveries → builds -------------------------------------------------------
 
-    def drain_pending(self) -> int:
-        """Start every claimable delivery; returns how many builds started."""
+    def drain_pending(self, *, wait_seconds: float = 0.0) -> int:
+        """Start every claimable delivery; returns how many builds started.
+
+        `wait_seconds`: how long the first take may wait for work (queues that long-poll only).
+        """
         started = 0
         while not self._stop.is_set():
-            batch = self._services.store.claim_pending(CLAIM_BATCH, lease_seconds=self._lease_seconds)
+            batch = self._queue.take(
+                CLAIM_BATCH, lease_seconds=self._lease_seconds, wait_seconds=wait_seconds
+            )
+            wait_seconds = 0.0
             if not batch:
                 break
-            for pending in batch:
-                if self._start_one(pending):
+            for job in batch:
+                if self._start_one(job):
                     started += 1
                 if self._stop.is_set():
                     break
-            if len(batch) < CLAIM_BATCH:
+            if len(batch) < CLAIM_BATCH and not self._queue.long_polls:
                 break
         return started
 
-    def _start_one(self, pending: PendingDelivery) -> bool:
+    def _start_one(self, job: Job) -> bool:
         services = self._services
+        pending = job.pending
         delivery_id, route_name, event = pending.delivery_id, pending.route_name, pending.event
         attempts = pending.attempts  # already counts this claim
         extra = {
@@ -311,22 +363,34 @@ class Worker:
                     },
                 )
                 services.store.mark_retry(delivery_id, message, delay)
+                self._queue.retry(job, delay)
                 return False
             log.exception(
                 "build start failed for good", extra={**extra, "error": message, "attempt": attempts}
             )
             services.store.mark_failed(delivery_id, message)
+            self._queue.done(job)
             self._report_failure(event, route_name, message)
             return False
 
         build_id = str(record.get("id") or "")
         status = build_status(record, region=region_of_build(record, services.region))
-        # Persist first: from here on this delivery can never start a second build.
-        services.store.mark_started(delivery_id, build_id)
+        # Persist first: from here on this delivery can never start a second build. The build is
+        # leased to this worker until its first status is posted, so no other replica posts one too.
+        recorded = services.store.mark_started(
+            delivery_id, build_id, lease_owner=self._owner, lease_seconds=self._lease_seconds
+        )
+        self._queue.done(job)
+        if recorded is False:
+            log.info("build already recorded by another worker", extra={**extra, "build_id": build_id})
+            return False
         services.metrics.builds.labels(status="STARTED").inc()
         log.info("build started", extra={**extra, "build_id": build_id})
-        with self._lock:
-            self._report(build_id, event, route_name, status, reporter_ref=None, last_key=None)
+        try:
+            with self._lock:
+                self._report(build_id, event, route_name, status, reporter_ref=None, last_key=None)
+        finally:
+            services.store.release_build(build_id, self._owner)
         return True
 
     def _report_failure(self, event: SourceEvent, route_name: str, message: str) -> None:
@@ -343,8 +407,20 @@ class Worker:
     # -- (b) tracking ----------------------------------------------------------------------------
 
     def track_builds(self) -> int:
+        """Poll the builds due this interval (with several replicas: those this one claimed first)."""
+        self._claimed_at = self._services.monotonic()
+        self._written = {key: at for key, at in self._written.items() if at >= self._claimed_at}
+        # The claim's lease only has to outlast this cycle; it is left to expire rather than
+        # released (one write per build and interval, not two). A cycle slower than that renews it.
+        active = self._services.store.claim_builds(
+            self._owner,
+            lease_seconds=self._poll_lease_seconds,
+            poll_interval=self._backoff.interval * 0.9,  # a little early beats skipping an interval
+        )
+        return self._poll(active)
+
+    def _poll(self, active: list[TrackedBuild]) -> int:
         """ONE batched read (the builder chunks by 100) for every active build; returns builds updated."""
-        active = self._services.store.active_builds()
         if not active:
             self._backoff.success()
             return 0
@@ -375,15 +451,50 @@ class Worker:
         updated = 0
         for build in active:
             record = records.get(build.build_id)
-            if record is not None and self.apply_record(record):
+            if record is not None and self._apply_held(record, claimed=build):
                 updated += 1
         return updated
 
     def apply_record(self, record: BuildRecord) -> bool:
-        """Report a build's new state if it is new; True when something was reported."""
+        """Report a build's new state if it is new; True when something was reported.
+
+        Takes the build's lease first (a poll on another replica may be reporting on it right now);
+        when it stays taken, the record is dropped: that replica, or the next poll, reports it.
+        """
+        build_id = str(record.get("id") or "")
+        if not self._lease_build(build_id):
+            return False
+        try:
+            return self._apply_held(record)
+        finally:
+            self._services.store.release_build(build_id, self._owner)
+
+    def _lease_build(self, build_id: str) -> bool:
+        store = self._services.store
+        for _ in range(LEASE_ATTEMPTS):
+            if store.lock_build(build_id, self._owner, lease_seconds=self._lease_seconds) is not None:
+                return True
+            if store.get_build(build_id) is None:
+                return False  # not a build bridge started
+            self._stop.wait(LEASE_RETRY_SECONDS)
+        return False
+
+    def _apply_held(self, record: BuildRecord, *, claimed: TrackedBuild | None = None) -> bool:
+        """apply_record's work, for a build whose lease this worker holds.
+
+        `claimed` is the row as this cycle's claim returned it; it is used as is while the claim is
+        young and nothing in this process wrote the build since. Otherwise the lease is renewed and
+        the row re-read: a slow cycle may have outlived the lease (then another replica may be
+        reporting on this build, and it is left to that one), or an event was applied meanwhile.
+        """
         build_id = str(record.get("id") or "")
         with self._lock:
-            tracked = self._services.store.get_build(build_id)
+            if claimed is not None and self._claim_is_fresh(build_id):
+                tracked: TrackedBuild | None = claimed
+            else:
+                tracked = self._services.store.lock_build(
+                    build_id, self._owner, lease_seconds=self._lease_seconds
+                )
             if tracked is None or tracked.done:
                 return False
             status = build_status(record, region=region_of_build(record, self._services.region))
@@ -450,6 +561,7 @@ class Worker:
             reporter_ref=reporter_ref,
             done=status.done or None,
         )
+        self._written[build_id] = services.monotonic()
         self._reported_at[build_id] = services.monotonic()
         if status.done:
             self._reported_at.pop(build_id, None)
@@ -472,6 +584,17 @@ class Worker:
             )
             return status
         return build_status(record, region=region, log_tail=lines) if lines else status
+
+    @property
+    def _poll_lease_seconds(self) -> float:
+        return float(min(self._lease_seconds, POLL_LEASE_SECONDS))
+
+    def _claim_is_fresh(self, build_id: str) -> bool:
+        now = self._services.monotonic()
+        return (
+            now - self._claimed_at < self._poll_lease_seconds / 2
+            and self._written.get(build_id, float("-inf")) < self._claimed_at
+        )
 
     def _reported_recently(self, build_id: str) -> bool:
         last = self._reported_at.get(build_id)

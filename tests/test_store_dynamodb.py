@@ -1,0 +1,427 @@
+"""The DynamoDB store against moto in server mode: the same contract as SQLite (shared tests run on
+both), plus what several replicas need: dedupe across stores, one claimant per delivery, an atomic
+start that a slower replica loses, build leases that expire, TTL, and the table the stack declares.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+from bridge.model import SourceEvent
+from bridge.store import SqliteStore, StateStore, Store, StoreError
+from bridge.store_dynamodb import TABLE_DEFINITION, TTL_ATTRIBUTE, DynamoStore, create_table
+from tests.test_deploy import _template
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+REGION = "eu-west-1"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+EVENT = SourceEvent(
+    provider="github",
+    kind="push",
+    event_name="push",
+    action=None,
+    repository="acme/web",
+    clone_url="https://github.com/acme/web.git",
+    sha=SHA,
+    ref="refs/heads/main",
+    server_url="https://github.com",
+    branch="main",
+)
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class AtomicDynamoDB:
+    """moto's WSGI app with DynamoDB requests applied one at a time, on the session's moto state.
+
+    DynamoDB applies a conditional write atomically; moto's threaded server does not (two concurrent
+    conditional updates of one item can both pass), which would make every race test here flaky.
+    Other services (SQS long polls) stay concurrent. It serves the same in-process moto backends as
+    the `moto_server` fixture, so `moto_url`'s reset empties both.
+    """
+
+    def __init__(self) -> None:
+        self._app = DomainDispatcherApplication(create_backend_app)
+        self._lock = threading.Lock()
+        self._server = make_server(
+            "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=MotoRequestHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB_"):
+            return self._app(environ, start_response)  # type: ignore[no-any-return]
+        with self._lock:
+            return list(self._app(environ, start_response))
+
+    def start(self) -> AtomicDynamoDB:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def atomic_dynamodb_server(moto_server: str) -> Iterator[str]:
+    server = AtomicDynamoDB().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dynamodb_url(moto_url: str, atomic_dynamodb_server: str) -> str:
+    """DynamoDB with atomic conditional writes, emptied with the rest of moto by `moto_url`."""
+    return atomic_dynamodb_server
+
+
+def dynamodb_client(url: str) -> DynamoDBClient:
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def table(dynamodb_url: str) -> str:
+    name = f"bridge-{uuid.uuid4().hex[:8]}"
+    create_table(dynamodb_client(dynamodb_url), name)
+    return name
+
+
+def replica(url: str, table: str, clock: Clock) -> DynamoStore:
+    """One replica's view of the shared table: its own client, the same table."""
+    return DynamoStore(table, client=dynamodb_client(url), clock=clock, retention_seconds=86_400)
+
+
+@pytest.fixture
+def dynamo(dynamodb_url: str, table: str, clock: Clock) -> DynamoStore:
+    return replica(dynamodb_url, table, clock)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[StateStore]:
+    if request.param == "sqlite":
+        store: StateStore = Store(tmp_path / "bridge.sqlite3", clock=clock)
+    else:
+        dynamodb_url = request.getfixturevalue("dynamodb_url")
+        table = request.getfixturevalue("table")
+        store = replica(dynamodb_url, table, clock)
+    yield store
+    store.close()
+
+
+def add(store: StateStore, delivery_id: str, event: SourceEvent = EVENT) -> bool:
+    return store.add_delivery(delivery_id, event.provider, event.event_name, "web", event)
+
+
+# --- the contract both backends keep -------------------------------------------------------------------
+
+
+def test_store_alias_still_builds_the_sqlite_store(tmp_path: Path) -> None:
+    assert Store is SqliteStore
+    opened = Store(tmp_path / "x.sqlite3")
+    assert isinstance(opened, SqliteStore)
+    opened.close()
+
+
+def test_a_delivery_is_accepted_once(any_store: StateStore, clock: Clock) -> None:
+    assert add(any_store, "d-1") is True
+    assert add(any_store, "d-1") is False
+    assert any_store.add_ignored("d-1", "github", "push", "ignored") is False
+    assert any_store.add_ignored("d-ign", "github", "ping", "no route") is True
+    row = any_store.get_delivery("d-1")
+    assert row is not None
+    assert (row.state, row.attempts, row.route_name, row.event, row.received_at) == (
+        "pending",
+        0,
+        "web",
+        EVENT,
+        clock.now,
+    )
+    ignored = any_store.get_delivery("d-ign")
+    assert ignored is not None
+    assert (ignored.state, ignored.event, ignored.last_error) == ("ignored", None, "no route")
+    assert any_store.get_delivery("unknown") is None
+
+
+def test_claim_delivery_leases_it_until_the_lease_runs_out(any_store: StateStore, clock: Clock) -> None:
+    add(any_store, "d-1")
+    first = any_store.claim_delivery("d-1", lease_seconds=30)
+    assert first is not None
+    assert (first.attempts, first.event, first.route_name) == (1, EVENT, "web")
+    assert any_store.claim_delivery("d-1", lease_seconds=30) is None  # leased
+    clock.now += 31
+    again = any_store.claim_delivery("d-1", lease_seconds=30)
+    assert again is not None
+    assert again.attempts == 2
+    any_store.mark_retry("d-1", "throttled", 100)
+    clock.now += 50
+    assert any_store.claim_delivery("d-1", lease_seconds=30) is None  # retry not due yet
+    clock.now += 51
+    assert any_store.claim_delivery("d-1", lease_seconds=30) is not None
+    any_store.mark_failed("d-1", "gave up")
+    clock.now += 1000
+    assert any_store.claim_delivery("d-1") is None
+    assert any_store.claim_delivery("never-seen") is None
+
+
+def test_claim_pending_returns_due_deliveries_once(any_store: StateStore, clock: Clock) -> None:
+    for index in range(3):
+        add(any_store, f"d-{index}")
+    claimed = any_store.claim_pending(10, lease_seconds=60)
+    assert sorted(item.delivery_id for item in claimed) == ["d-0", "d-1", "d-2"]
+    assert any_store.claim_pending(10, lease_seconds=60) == []
+
+
+def test_mark_started_records_the_build_once(any_store: StateStore, clock: Clock) -> None:
+    add(any_store, "d-1")
+    assert any_store.mark_started("d-1", "proj:b1") is True
+    assert any_store.mark_started("d-1", "proj:b1") is False  # a slower worker with the same build
+    row = any_store.get_delivery("d-1")
+    assert row is not None
+    assert (row.state, row.build_id) == ("started", "proj:b1")
+    (active,) = any_store.active_builds()
+    assert (active.build_id, active.delivery_id, active.event, active.done) == (
+        "proj:b1",
+        "d-1",
+        EVENT,
+        False,
+    )
+    assert any_store.claim_delivery("d-1") is None
+    with pytest.raises(StoreError, match="no pending delivery missing"):
+        any_store.mark_started("missing", "proj:b2")
+
+
+def test_update_build_sets_only_what_is_given_and_done_leaves_the_active_set(
+    any_store: StateStore, clock: Clock
+) -> None:
+    add(any_store, "d-1")
+    any_store.mark_started("d-1", "proj:b1")
+    any_store.update_build("proj:b1", last_build_status="IN_PROGRESS", reporter_ref="ref-1")
+    any_store.update_build("proj:b1", last_reported_state="in_progress|IN_PROGRESS|BUILD")
+    build = any_store.get_build("proj:b1")
+    assert build is not None
+    assert (build.last_build_status, build.reporter_ref, build.last_reported_state) == (
+        "IN_PROGRESS",
+        "ref-1",
+        "in_progress|IN_PROGRESS|BUILD",
+    )
+    any_store.update_build("proj:b1", done=True, last_build_status="SUCCEEDED")
+    assert any_store.active_builds() == []
+    done = any_store.get_build("proj:b1")
+    assert done is not None
+    assert (done.done, done.reporter_ref, done.last_build_status) == (True, "ref-1", "SUCCEEDED")
+    any_store.update_build("no-such-build", done=True)  # ignored, as SQLite's UPDATE of nothing
+    assert any_store.get_build("no-such-build") is None
+    counts = any_store.counts()
+    assert counts["deliveries_started"] == 1
+    assert counts["builds_done"] == 1
+    assert counts["builds_active"] == 0
+    assert any_store.writable() is True
+
+
+def test_latest_build_of_a_commit_is_the_newest(any_store: StateStore, clock: Clock) -> None:
+    other = replace(EVENT, sha="f" * 40)
+    add(any_store, "d-old")
+    any_store.mark_started("d-old", "proj:old")
+    clock.now += 10
+    add(any_store, "d-new")
+    any_store.mark_started("d-new", "proj:new")
+    add(any_store, "d-other", other)
+    any_store.mark_started("d-other", "proj:other")
+    latest = any_store.latest_build_of("github", "acme/web", SHA)
+    assert latest is not None
+    assert latest.build_id == "proj:new"
+    assert any_store.latest_build_of("gitlab", "acme/web", SHA) is None
+    assert any_store.latest_build_of("github", "acme/other", SHA) is None
+
+
+# --- what several replicas need ------------------------------------------------------------------------
+
+
+def test_concurrent_replicas_accept_one_copy_of_a_delivery(
+    dynamodb_url: str, table: str, clock: Clock
+) -> None:
+    replicas = [replica(dynamodb_url, table, clock) for _ in range(6)]
+    results: list[bool] = []
+    barrier = threading.Barrier(len(replicas))
+
+    def accept(store: DynamoStore) -> None:
+        barrier.wait()
+        results.append(add(store, "same-delivery"))
+
+    threads = [threading.Thread(target=accept, args=(store,)) for store in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 5 + [True]
+
+
+def test_concurrent_replicas_claim_a_delivery_once(dynamodb_url: str, table: str, clock: Clock) -> None:
+    replicas = [replica(dynamodb_url, table, clock) for _ in range(6)]
+    add(replicas[0], "d-1")
+    claims: list[object] = []
+    barrier = threading.Barrier(len(replicas))
+
+    def claim(store: DynamoStore) -> None:
+        barrier.wait()
+        claims.append(store.claim_delivery("d-1", lease_seconds=60))
+
+    threads = [threading.Thread(target=claim, args=(store,)) for store in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(claim is not None for claim in claims) == 1
+
+
+def test_a_slower_replica_loses_the_start_and_the_build_row_is_not_doubled(
+    dynamodb_url: str, table: str, clock: Clock
+) -> None:
+    fast, slow = replica(dynamodb_url, table, clock), replica(dynamodb_url, table, clock)
+    add(fast, "d-1")
+    assert fast.mark_started("d-1", "proj:b1", lease_owner="fast", lease_seconds=30) is True
+    assert slow.mark_started("d-1", "proj:b1", lease_owner="slow", lease_seconds=30) is False
+    assert len(slow.active_builds()) == 1
+    # The starter holds the build until it posted the first status: nobody else may report on it.
+    assert slow.lock_build("proj:b1", "slow", lease_seconds=30) is None
+    fast.release_build("proj:b1", "fast")
+    assert slow.lock_build("proj:b1", "slow", lease_seconds=30) is not None
+
+
+def test_each_build_is_claimed_by_one_replica_per_poll_interval(
+    dynamodb_url: str, table: str, clock: Clock
+) -> None:
+    a, b, c = (replica(dynamodb_url, table, clock) for _ in range(3))
+    for index in range(12):
+        add(a, f"d-{index}")
+        a.mark_started(f"d-{index}", f"proj:b{index}")
+    every = {f"proj:b{index}" for index in range(12)}
+
+    claimed = {
+        name: {build.build_id for build in store.claim_builds(name, lease_seconds=5, poll_interval=15)}
+        for name, store in (("a", a), ("b", b), ("c", c))
+    }
+    assert claimed["a"] == every  # the first to come polls them all this interval...
+    assert claimed["b"] == claimed["c"] == set()  # ...and nobody else does
+    for build_id in every:
+        a.release_build(build_id, "a")
+    clock.now += 10
+    assert b.claim_builds("b", lease_seconds=5, poll_interval=15) == []  # same interval, still
+    clock.now += 6
+    assert {build.build_id for build in b.claim_builds("b", lease_seconds=5, poll_interval=15)} == every
+
+
+def test_a_dead_replicas_builds_are_taken_over_when_its_lease_expires(
+    dynamodb_url: str, table: str, clock: Clock
+) -> None:
+    dead, alive = replica(dynamodb_url, table, clock), replica(dynamodb_url, table, clock)
+    add(dead, "d-1")
+    dead.mark_started("d-1", "proj:b1")
+    assert len(dead.claim_builds("dead", lease_seconds=60, poll_interval=1)) == 1  # ...and dies, holding it
+    clock.now += 30
+    assert alive.claim_builds("alive", lease_seconds=60, poll_interval=1) == []  # slot due, lease held
+    assert alive.lock_build("proj:b1", "alive", lease_seconds=60) is None
+    clock.now += 31
+    (taken,) = alive.claim_builds("alive", lease_seconds=60, poll_interval=1)
+    assert taken.build_id == "proj:b1"
+    dead.release_build("proj:b1", "dead")  # a late release by the old holder changes nothing
+    assert dead.lock_build("proj:b1", "dead", lease_seconds=60) is None
+
+
+def test_concurrent_claims_split_builds_without_overlap(dynamodb_url: str, table: str, clock: Clock) -> None:
+    replicas = [replica(dynamodb_url, table, clock) for _ in range(3)]
+    for index in range(30):
+        add(replicas[0], f"d-{index}")
+        replicas[0].mark_started(f"d-{index}", f"proj:b{index}")
+    results: dict[int, list[str]] = {}
+    barrier = threading.Barrier(len(replicas))
+
+    def claim(index: int, store: DynamoStore) -> None:
+        barrier.wait()
+        builds = store.claim_builds(f"r{index}", lease_seconds=5, poll_interval=15)
+        results[index] = [build.build_id for build in builds]
+
+    threads = [threading.Thread(target=claim, args=pair) for pair in enumerate(replicas)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    claimed = [build_id for ids in results.values() for build_id in ids]
+    assert sorted(claimed) == sorted(f"proj:b{index}" for index in range(30))  # all, none twice
+
+
+def test_rows_carry_a_ttl_and_the_table_has_it_enabled(
+    dynamodb_url: str, table: str, dynamo: DynamoStore, clock: Clock
+) -> None:
+    client = dynamodb_client(dynamodb_url)
+    ttl = client.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    assert (ttl.get("TimeToLiveStatus"), ttl.get("AttributeName")) == ("ENABLED", TTL_ATTRIBUTE)
+    add(dynamo, "d-1")
+    dynamo.mark_started("d-1", "proj:b1")
+    delivery = client.get_item(TableName=table, Key={"pk": {"S": "d#d-1"}})["Item"]
+    assert int(delivery[TTL_ATTRIBUTE]["N"]) == int(clock.now + 86_400)
+    build = client.get_item(TableName=table, Key={"pk": {"S": "b#proj:b1"}})["Item"]
+    assert TTL_ATTRIBUTE not in build  # a running build never expires
+    clock.now += 100
+    dynamo.update_build("proj:b1", done=True)
+    build = client.get_item(TableName=table, Key={"pk": {"S": "b#proj:b1"}})["Item"]
+    assert int(build[TTL_ATTRIBUTE]["N"]) == int(clock.now + 86_400)
+    assert "active" not in build
+
+
+def test_an_unreachable_table_is_a_store_error_with_a_hint(dynamodb_url: str, clock: Clock) -> None:
+    missing = DynamoStore("no-such-table", client=dynamodb_client(dynamodb_url), clock=clock)
+    with pytest.raises(StoreError, match="no-such-table") as caught:
+        add(missing, "d-1")
+    assert "dynamodb permissions" in caught.value.hint
+    assert missing.writable() is False
+
+
+def test_the_stack_declares_the_table_the_store_expects() -> None:
+    resource: dict[str, Any] = _template()["Resources"]["StateTable"]
+    properties = resource["Properties"]
+    assert resource["Condition"] == "ReplicasEnabled"
+    for key in ("AttributeDefinitions", "KeySchema", "BillingMode", "GlobalSecondaryIndexes"):
+        assert properties[key] == TABLE_DEFINITION[key], key
+    assert properties["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
