@@ -24,7 +24,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +144,11 @@ _EVENT_FIELDS: Final = {f.name: f for f in dataclasses.fields(SourceEvent)}
 
 
 def event_to_json(event: SourceEvent) -> str:
-    return json.dumps(dataclasses.asdict(event), sort_keys=True, separators=(",", ":"))
+    # SourceEvent's fields are all flat values: a field copy is what asdict() does, minus its deep
+    # recursion, which cost a fifth of a millisecond on every acked delivery.
+    return json.dumps(
+        {name: getattr(event, name) for name in _EVENT_FIELDS}, sort_keys=True, separators=(",", ":")
+    )
 
 
 def event_from_json(text: str) -> SourceEvent:
@@ -235,6 +239,66 @@ class StateStore(Protocol):
 # --- the SQLite store ---------------------------------------------------------------------------------
 
 
+class _GroupCommit:
+    """Leader/follower batching: whoever finds no write in flight writes everyone's rows at once.
+
+    Each caller queues its row and waits; a caller that finds no write in flight becomes the leader,
+    takes every queued row, writes them in one transaction and wakes the others with their own
+    results (or the shared error). No thread of its own, so nothing to start or stop.
+    """
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._queued: list[_Queued] = []
+        self._writing = False
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting for the next write (for tests and metrics)."""
+        with self._ready:
+            return len(self._queued)
+
+    def submit(
+        self, params: tuple[Any, ...], write: Callable[[Sequence[tuple[Any, ...]]], list[bool]]
+    ) -> bool:
+        mine = _Queued(params)
+        with self._ready:
+            self._queued.append(mine)
+            while not mine.done and self._writing:
+                self._ready.wait()
+            if mine.done:
+                return mine.result()
+            self._writing = True
+            batch, self._queued = self._queued, []
+        try:
+            results = write([queued.params for queued in batch])
+            for queued, added in zip(batch, results, strict=True):
+                queued.added = added
+        except BaseException as exc:
+            for queued in batch:
+                queued.error = exc
+        finally:
+            with self._ready:
+                for queued in batch:
+                    queued.done = True
+                self._writing = False
+                self._ready.notify_all()
+        return mine.result()
+
+
+@dataclass
+class _Queued:
+    params: tuple[Any, ...]
+    added: bool = False
+    error: BaseException | None = None
+    done: bool = False
+
+    def result(self) -> bool:
+        if self.error is not None:
+            raise self.error
+        return self.added
+
+
 class SqliteStore:
     def __init__(
         self,
@@ -246,6 +310,7 @@ class SqliteStore:
         """`busy_timeout`: how long a write waits for another process's lock before StoreError."""
         self._clock = clock
         self._lock = threading.Lock()
+        self._batch = _GroupCommit()
         self._path = str(path)
         try:
             if self._path != ":memory:":
@@ -295,16 +360,28 @@ class SqliteStore:
     def add_delivery(
         self, delivery_id: str, provider: str, event_name: str, route_name: str, event: SourceEvent
     ) -> bool:
-        """Persist an accepted delivery. False: this id was seen before, so it must not build again."""
+        """Persist an accepted delivery. False: this id was seen before, so it must not build again.
+
+        Returns only once the row is committed (synchronous=FULL), so a 202 always means "on disk".
+        Concurrent calls share one transaction and one fsync (group commit): the durable write per
+        delivery was what bounded the ack throughput.
+        """
         now = self._clock()
+        params = (delivery_id, provider, event_name, now, route_name, event_to_json(event), now)
+        return self._batch.submit(params, self._insert_deliveries)
+
+    def _insert_deliveries(self, batch: Sequence[tuple[Any, ...]]) -> list[bool]:
         with self._guard("recording a delivery"), self._transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO deliveries (delivery_id, provider, event_name, received_at, route_name,"
-                " event_json, state, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?)"
-                " ON CONFLICT (delivery_id) DO NOTHING",
-                (delivery_id, provider, event_name, now, route_name, event_to_json(event), now),
-            )
-            return cursor.rowcount == 1
+            return [
+                conn.execute(
+                    "INSERT INTO deliveries (delivery_id, provider, event_name, received_at, route_name,"
+                    " event_json, state, attempts, next_attempt_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?) ON CONFLICT (delivery_id) DO NOTHING",
+                    params,
+                ).rowcount
+                == 1
+                for params in batch
+            ]
 
     def add_ignored(self, delivery_id: str, provider: str, event_name: str, reason: str) -> bool:
         """Remember a delivery that asked for no build, so a redelivery is recognised and answered alike."""

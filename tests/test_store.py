@@ -398,3 +398,52 @@ def test_event_json_ignores_fields_from_a_newer_version() -> None:
 def test_damaged_event_json_is_a_store_error(text: str) -> None:
     with pytest.raises(StoreError):
         event_from_json(text)
+
+
+def test_concurrent_deliveries_share_one_write_and_each_gets_its_own_answer() -> None:
+    """Group commit: rows queued while a write is in flight go out together in the next one."""
+    import threading
+    from collections.abc import Sequence
+    from typing import Any
+
+    from bridge.store import _GroupCommit
+
+    group = _GroupCommit()
+    release = threading.Event()
+    batches: list[list[str]] = []
+
+    def write(rows: Sequence[tuple[Any, ...]]) -> list[bool]:
+        batches.append([row[0] for row in rows])
+        if len(batches) == 1:
+            release.wait(timeout=10)
+        return [row[0] != "dup" for row in rows]
+
+    answers: dict[str, bool] = {}
+
+    def submit(name: str) -> None:
+        answers[name] = group.submit((name,), write)
+
+    first = threading.Thread(target=submit, args=("first",))
+    first.start()
+    while not batches:
+        threading.Event().wait(0.01)
+    followers = [threading.Thread(target=submit, args=(name,)) for name in ("second", "dup")]
+    for thread in followers:
+        thread.start()
+    while group.queued < 2:
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in (first, *followers):
+        thread.join(timeout=10)
+
+    assert batches[0] == ["first"]
+    assert sorted(batches[1]) == ["dup", "second"]
+    assert len(batches) == 2
+    assert answers == {"first": True, "second": True, "dup": False}
+
+
+def test_a_failed_group_write_fails_every_delivery_in_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.sqlite3")
+    store.close()
+    with pytest.raises(StoreError):
+        store.add_delivery("d-1", "github", "push", "web", EVENT)
