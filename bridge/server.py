@@ -66,6 +66,7 @@ def _stop_worker(_arbiter: Any, gunicorn_worker: Any) -> None:
     bridge_worker = app.extensions.get(WORKER_KEY) if isinstance(app, Flask) else None
     if bridge_worker is not None:
         bridge_worker.stop(timeout=GRACEFUL_TIMEOUT_SECONDS)
+        bridge_worker.close_builders()
 
 
 class BridgeServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints

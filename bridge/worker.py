@@ -239,6 +239,17 @@ class Worker:
             thread.join(timeout)
         self._thread = None
 
+    def close_builders(self) -> None:
+        """On shutdown: builders that run builds themselves (local) stop them and record it.
+
+        A local build must not outlive the process tracking it; its record says STOPPED, and the
+        next start reports that final status.
+        """
+        for builder in self._services.builders.values():
+            close = getattr(builder, "close", None)
+            if callable(close):
+                close()
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

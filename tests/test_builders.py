@@ -332,3 +332,28 @@ def test_a_registered_third_builder_is_a_route_choice_and_builds(
     assert services.builder_for_build(record["id"]) is echo_builder
     assert echo_builder.started[0].project_name == "demo"
     services.store.close()
+
+
+def test_shutdown_closes_the_builders_that_run_builds_themselves(tmp_path: Path) -> None:
+    """gunicorn's exit hook stops the worker, then closes builders such as `local`."""
+    import dataclasses
+
+    from bridge.worker import Worker
+    from tests.e2e.support import make_config, make_services, secret_env
+
+    class ClosingBuilder:
+        name = "local"
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    config = make_config(tmp_path, state_path=str(tmp_path / "state.sqlite3"))
+    services = make_services(config, environ=secret_env())
+    closing = ClosingBuilder()
+    services = dataclasses.replace(services, builders={"local": closing})  # type: ignore[dict-item]
+    worker = Worker(services)
+    worker.stop()
+    worker.close_builders()
+    assert closing.closed == 1
+    services.store.close()
