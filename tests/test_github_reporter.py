@@ -72,6 +72,7 @@ def status_of(build_status_value: str = "IN_PROGRESS", phase: str = "BUILD") -> 
     return build_status(
         {
             "id": BUILD_ID,
+            "arn": f"arn:aws:codebuild:eu-west-1:123456789012:build/{BUILD_ID}",
             "buildNumber": 12,
             "buildStatus": build_status_value,
             "buildComplete": complete,
