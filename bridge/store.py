@@ -395,6 +395,21 @@ class SqliteStore:
             )
             return cursor.rowcount == 1
 
+    def release_claims(self) -> int:
+        """At start-up: pending deliveries are due now, whatever lease or retry delay they had.
+
+        One process owns a SQLite file, so a claim held at start-up belongs to a process that died
+        (SIGKILL between StartBuild and mark_started). Re-offering it at once is safe: the
+        idempotencyToken derived from the delivery id makes the repeated StartBuild return the same
+        build within CodeBuild's 5-minute window, instead of waiting out a 60-second lease.
+        """
+        now = self._clock()
+        with self._guard("releasing claims"), self._transaction() as conn:
+            return conn.execute(
+                "UPDATE deliveries SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
+                (now, now),
+            ).rowcount
+
     def claim_pending(self, limit: int = 10, *, lease_seconds: float = 60) -> list[PendingDelivery]:
         """Due pending deliveries, each leased for `lease_seconds` so no other worker takes it meanwhile."""
         now = self._clock()

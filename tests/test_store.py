@@ -447,3 +447,15 @@ def test_a_failed_group_write_fails_every_delivery_in_it(tmp_path: Path) -> None
     store.close()
     with pytest.raises(StoreError):
         store.add_delivery("d-1", "github", "push", "web", EVENT)
+
+
+def test_release_claims_reoffers_a_delivery_claimed_by_a_dead_process(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.sqlite3")
+    assert store.add_delivery("d-1", "github", "push", "web", EVENT)
+    assert [p.delivery_id for p in store.claim_pending(lease_seconds=60)] == ["d-1"]
+    assert store.claim_pending() == []  # leased: not offered twice while the claim holds
+
+    assert store.release_claims() == 1
+
+    assert [p.delivery_id for p in store.claim_pending()] == ["d-1"]
+    store.close()
