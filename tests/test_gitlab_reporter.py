@@ -10,8 +10,9 @@ import requests
 
 from bridge.errors import ReporterError
 from bridge.model import BuildStatus, Conclusion, SourceEvent
-from bridge.reporters.gitlab import GitLabStatusReporter, gitlab_client, gitlab_state, is_auth_failure
+from bridge.reporters.gitlab import GitLabStatusReporter, gitlab_client, is_auth_failure
 from bridge.secret import Secret
+from bridge.status import gitlab_state
 from tests.fakes.gitlab_api import FakeGitLab
 
 SHA = "2c1c1a9f4e3d2b1a09f8e7d6c5b4a39281706f5e"

@@ -17,16 +17,11 @@ from gitlab.exceptions import GitlabAuthenticationError, GitlabError
 from bridge.errors import ReporterError
 from bridge.model import BuildStatus, SourceEvent
 from bridge.secret import Secret
+from bridge.status import gitlab_state
 
 GITLAB_STATES: Final = frozenset({"pending", "running", "success", "failed", "canceled"})
 MAX_FIELD_LENGTH: Final = 255
 _ALREADY_THERE: Final = "Cannot transition status via"
-_CONCLUSION_STATES: Final = {
-    "success": "success",
-    "failure": "failed",
-    "timed_out": "failed",
-    "cancelled": "canceled",
-}
 _DEFAULT_DESCRIPTIONS: Final = {
     "pending": "Build queued",
     "running": "Build running",
@@ -80,14 +75,6 @@ def gitlab_client(url: str, token: Secret, *, timeout: float = 15, retries: int 
         max_retries=retries,
         user_agent="codebuild-bridge",
     )
-
-
-def gitlab_state(status: BuildStatus) -> str:
-    if status.state == "queued":
-        return "pending"
-    if status.state == "in_progress":
-        return "running"
-    return _CONCLUSION_STATES.get(status.conclusion or "", "failed")
 
 
 class GitLabStatusReporter:
