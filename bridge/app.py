@@ -37,6 +37,7 @@ from bridge.errors import (
     SecretError,
     SignatureError,
 )
+from bridge.logs import LOGGED_BY_APP
 from bridge.model import Ignored, SourceEvent
 from bridge.secret import Secret
 from bridge.secrets import SecretRef
@@ -159,9 +160,11 @@ def create_app(config: Config, services: Services, *, worker: Worker | None = No
                 "route": ctx.route,
                 "status": status,
                 "latency_ms": round(latency * 1000, 2),
+                "remote": request.remote_addr,
                 **ctx.fields,
             },
         )
+        request.environ[LOGGED_BY_APP] = True
         return json_response(status, body)
 
     def error_answer(ctx: _Delivery, exc: BridgeError) -> Response:

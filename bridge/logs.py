@@ -13,6 +13,10 @@ import sys
 import time
 from typing import Any, Final
 
+# Set in a request's WSGI environ once the app has written that request's line (a delivery's line
+# carries its status and latency too): the access log then skips it, so a delivery is one line.
+LOGGED_BY_APP: Final = "bridge.logged"
+
 _STANDARD_ATTRS: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
 )

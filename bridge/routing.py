@@ -8,12 +8,16 @@ and the logs show, and it is usually all a user needs to fix their config.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
 from bridge.config import Route
 from bridge.model import BuildOptions, Ignored, RegistryAuth, SourceEvent
+
+# Whitespace, backslashes and userinfo make URL parsers disagree about the host: refused outright.
+_AMBIGUOUS_URL = re.compile(r"[\s\\@]")
 
 __all__ = ["build_options", "foreign_host", "glob_match", "match_route"]
 
@@ -89,7 +93,7 @@ def match_route(event: SourceEvent, routes: Sequence[Route]) -> Route | Ignored:
 
 def _url_host(url: str) -> str | None:
     """The lowercase host of a plain http(s) URL; None for anything else (userinfo, odd characters)."""
-    if any(ch.isspace() or ch in "\\@" for ch in url):
+    if _AMBIGUOUS_URL.search(url):
         return None
     try:
         parts = urlsplit(url)

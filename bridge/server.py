@@ -21,7 +21,7 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from gunicorn.glogging import Logger as GunicornLogger  # type: ignore[import-untyped]
 
 from bridge.app import WORKER_KEY
-from bridge.logs import JsonFormatter
+from bridge.logs import LOGGED_BY_APP, JsonFormatter
 
 log = logging.getLogger("bridge.server")
 
@@ -38,7 +38,7 @@ class JsonLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no typ
                 handler.setFormatter(JsonFormatter())
 
     def access(self, resp: Any, req: Any, environ: Mapping[str, Any], request_time: Any) -> None:
-        if not self.access_log_enabled:
+        if not self.access_log_enabled or environ.get(LOGGED_BY_APP):
             return
         status = getattr(resp, "status_code", None) or str(getattr(resp, "status", "")).split(" ", 1)[0]
         self.access_log.info(

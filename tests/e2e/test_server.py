@@ -331,6 +331,12 @@ def test_deliveries_build_and_report_end_to_end(
     assert any(entry["msg"] == "worker stopped" for entry in log_lines)
     deliveries = [entry for entry in log_lines if entry["msg"] == "delivery"]
     assert {entry["outcome"] for entry in deliveries} >= {"accepted", "duplicate", "ignored", "unauthorized"}
+    # One line per delivery: its own line carries status, latency and peer, so the access log skips it.
+    assert len(deliveries) == len(sent) + 4
+    assert all(entry["remote"] == "127.0.0.1" for entry in deliveries)
+    accessed = [entry["path"] for entry in log_lines if entry["msg"] == "access"]
+    assert "/metrics" in accessed
+    assert not [path for path in accessed if path.startswith("/webhooks/")]
     assert all(GITHUB_SECRET not in line and GITLAB_WEBHOOK_TOKEN not in line for line in map(str, log_lines))
 
 
