@@ -9,8 +9,10 @@ Exactly-once, step by step:
   crash between StartBuild and `mark_started` is harmless: the re-claimed delivery calls StartBuild
   again within CodeBuild's 5-minute token window and gets the same build back.
 - Once `mark_started` records the build, the delivery is never started again; from then on only its
-  build is tracked. The first status is posted after that, and a status that could not be posted is
-  posted by the tracker later (a report is never the reason to start a build twice).
+  build is tracked. The first status is posted after that (in a burst, once every claimed build
+  has started: GitHub writes are spaced a second apart, builds need not be), and a status that
+  could not be posted is posted by the tracker later (a report is never the reason to start a build
+  twice).
 - Build states come from two paths, the batched poll and EventBridge events via SNS. Either alone
   finishes every status; both together change nothing twice, because a state is reported only when
   it differs from the last reported one and never moves backwards.
@@ -33,6 +35,7 @@ import random
 import socket
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -181,6 +184,17 @@ def region_of_build(record: BuildRecord, default: str) -> str:
 
 
 @dataclass
+class _Started:
+    """A build started and recorded whose first status is not posted yet (its lease is held)."""
+
+    build_id: str
+    event: SourceEvent
+    route_name: str
+    status: BuildStatus
+    leased_at: float  # services.monotonic() when the lease was last taken or renewed
+
+
+@dataclass
 class _Tick:
     started: int = 0
     failed: int = 0
@@ -323,28 +337,43 @@ class Worker:
     # -- (a) pending deliveries → builds -------------------------------------------------------
 
     def drain_pending(self, *, wait_seconds: float = 0.0) -> int:
-        """Start every claimable delivery; returns how many builds started.
+        """Start every claimable delivery, then post the started builds' first statuses.
+
+        Starting comes first because GitHub writes are spaced a second apart (PyGithub, against
+        secondary rate limits): reporting each build before starting the next held the 50th build
+        of a burst ~50 s. A long stream still reports every half lease, so first statuses (and the
+        leases held for them) never wait on an endless queue. Returns how many builds started.
 
         `wait_seconds`: how long the first take may wait for work (queues that long-poll only).
         """
+        unreported: list[_Started] = []
         started = 0
-        while not self._stop.is_set():
-            batch = self._queue.take(
-                CLAIM_BATCH, lease_seconds=self._lease_seconds, wait_seconds=wait_seconds
-            )
-            wait_seconds = 0.0
-            if not batch:
-                break
-            for job in batch:
-                if self._start_one(job):
-                    started += 1
-                if self._stop.is_set():
+        try:
+            while not self._stop.is_set():
+                batch = self._queue.take(
+                    CLAIM_BATCH, lease_seconds=self._lease_seconds, wait_seconds=wait_seconds
+                )
+                wait_seconds = 0.0
+                if not batch:
                     break
-            if len(batch) < CLAIM_BATCH and not self._queue.long_polls:
-                break
+                for job in batch:
+                    if self._stop.is_set():
+                        break  # the rest stay claimed until their lease ends; nothing was started
+                    build = self._start_one(job)
+                    if build is not None:
+                        started += 1
+                        unreported.append(build)
+                if unreported and self._lease_age(unreported[0]) >= self._lease_seconds / 2:
+                    self._report_started(unreported)
+                    unreported = []
+                if len(batch) < CLAIM_BATCH and not self._queue.long_polls:
+                    break
+        finally:
+            self._report_started(unreported)
         return started
 
-    def _start_one(self, job: Job) -> bool:
+    def _start_one(self, job: Job) -> _Started | None:
+        """StartBuild and record it; the first status is left to `_report_started`. None: not started."""
         services = self._services
         pending = job.pending
         delivery_id, route_name, event = pending.delivery_id, pending.route_name, pending.event
@@ -380,34 +409,86 @@ class Worker:
                 )
                 services.store.mark_retry(delivery_id, message, delay)
                 self._queue.retry(job, delay)
-                return False
+                return None
             log.exception(
                 "build start failed for good", extra={**extra, "error": message, "attempt": attempts}
             )
             services.store.mark_failed(delivery_id, message)
             self._queue.done(job)
             self._report_failure(event, route_name, message)
-            return False
+            return None
 
         build_id = str(record.get("id") or "")
         status = build_status(record, region=region_of_build(record, services.region))
         # Persist first: from here on this delivery can never start a second build. The build is
         # leased to this worker until its first status is posted, so no other replica posts one too.
+        leased_at = services.monotonic()  # taken before the lease starts: its age is never understated
         recorded = services.store.mark_started(
             delivery_id, build_id, lease_owner=self._owner, lease_seconds=self._lease_seconds
         )
         self._queue.done(job)
         if recorded is False:
             log.info("build already recorded by another worker", extra={**extra, "build_id": build_id})
-            return False
+            return None
         services.metrics.builds.labels(status="STARTED").inc()
         log.info("build started", extra={**extra, "build_id": build_id})
+        return _Started(build_id, event, route_name, status, leased_at=leased_at)
+
+    def _report_started(self, started: list[_Started]) -> None:
+        """Post each started build's first status, in start order, under the lease mark_started took.
+
+        The leases are renewed at half their length while the spaced writes go out, so no other
+        replica posts a first status meanwhile; each is released once its status is posted. A build
+        whose first status someone else posted (an event applied by this process, or a replica after
+        a lost lease) is skipped. On stop, or on an error, the rest are released unreported:
+        tracking posts their status, as for any report that failed.
+        """
+        store = self._services.store
+        waiting = deque(started)
         try:
-            with self._lock:
-                self._report(build_id, event, route_name, status, reporter_ref=None, last_key=None)
+            while waiting and not self._stop.is_set():
+                self._renew_leases(waiting)
+                if not waiting:
+                    break
+                build = waiting.popleft()
+                try:
+                    with self._lock:
+                        tracked = store.get_build(build.build_id)
+                        if tracked is None or tracked.done or tracked.last_reported_state is not None:
+                            continue  # already reported: nothing to post twice
+                        self._report(
+                            build.build_id,
+                            build.event,
+                            build.route_name,
+                            build.status,
+                            reporter_ref=tracked.reporter_ref,
+                            last_key=None,
+                        )
+                finally:
+                    store.release_build(build.build_id, self._owner)
         finally:
-            services.store.release_build(build_id, self._owner)
-        return True
+            for build in waiting:
+                store.release_build(build.build_id, self._owner)
+
+    def _renew_leases(self, waiting: deque[_Started]) -> None:
+        """Extend every waiting build's lease that is half gone; drop those another replica took."""
+        for build in list(waiting):
+            if self._lease_age(build) < self._lease_seconds / 2:
+                continue
+            now = self._services.monotonic()
+            renewed = self._services.store.lock_build(
+                build.build_id, self._owner, lease_seconds=self._lease_seconds
+            )
+            if renewed is None:
+                log.info(
+                    "first status left to the replica holding the build", extra={"build_id": build.build_id}
+                )
+                waiting.remove(build)
+            else:
+                build.leased_at = now
+
+    def _lease_age(self, build: _Started) -> float:
+        return self._services.monotonic() - build.leased_at
 
     def _report_failure(self, event: SourceEvent, route_name: str, message: str) -> None:
         try:

@@ -6,22 +6,28 @@ retries, and resuming from the store after a restart.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from bridge import events, routing
+from bridge.builders.base import Builder, LogTail
 from bridge.config import Config, Route
-from bridge.model import BuildStatus, Ignored, SourceEvent
+from bridge.model import BuildRecord, BuildRequest, BuildStatus, Ignored, SourceEvent
 from bridge.plan import plan_build
-from bridge.services import Services, StatusReporter
+from bridge.secrets import SecretStore
+from bridge.services import ProviderReporters, ReporterFactory, Services, StatusReporter
+from bridge.store_dynamodb import DynamoStore, create_table
 from bridge.worker import Worker, idempotency_seed, record_from_event, retry_delay, state_key
 from tests.e2e.support import (
     GITHUB_PROJECT,
     GITLAB_PROJECT,
+    REGION,
     codebuild_event,
     github_payload,
     gitlab_payload,
@@ -93,8 +99,11 @@ def make_rig(
     state_file: str = "state.sqlite3",
     config_options: dict[str, Any] | None = None,
     extra_env: dict[str, str] | None = None,
+    github_write_interval: float | None = None,
     **worker_options: Any,
 ) -> Rig:
+    """`github_write_interval`: real PyGithub reporters spacing their writes that far apart, seen
+    through `StartsSeenByReports` (the default reporters do not space writes, to keep tests fast)."""
     config = make_config(
         tmp_path,
         github_url=github_api.url,
@@ -104,9 +113,15 @@ def make_rig(
     )
     clock = Clock()
     environ = secret_env(github_app_key=github_api.app_keys.private_key_pem, gitlab_token=gitlab_api.token)
+    environ = {**environ, **(extra_env or {})}
+    if github_write_interval is not None:
+        spaced = ProviderReporters(
+            config, SecretStore(None, environ=environ), github_write_interval=github_write_interval
+        )
+        reporters = StartsSeenByReports(spaced, double)
     services = make_services(
         config,
-        environ={**environ, **(extra_env or {})},
+        environ=environ,
         clock=clock,
         monotonic=clock,
         reporters=reporters,
@@ -142,6 +157,36 @@ def check_run_statuses(github_api: FakeGitHub) -> list[str]:
         for r in github_api.requests
         if "/check-runs" in r.path and r.method in ("POST", "PATCH")
     ]
+
+
+class StartsSeenByReports:
+    """Real reporters, watched: how many StartBuild calls the CodeBuild double had answered when
+    each first status was about to be posted (`seen`, in posting order)."""
+
+    def __init__(self, inner: ReporterFactory, double: CodeBuildDouble) -> None:
+        self._inner = inner
+        self._double = double
+        self.seen: list[int] = []
+        self.posted_at: list[float] = []  # time.monotonic() after each first status went out
+
+    def __call__(self, event: SourceEvent, route: Route) -> StatusReporter | None:
+        reporter = self._inner(event, route)
+        return None if reporter is None else _Watched(reporter, self)
+
+
+@dataclass
+class _Watched:
+    reporter: StatusReporter
+    watcher: StartsSeenByReports
+
+    def start(self, status: BuildStatus) -> str | None:
+        self.watcher.seen.append(len(self.watcher._double.calls("StartBuild")))
+        ref = self.reporter.start(status)
+        self.watcher.posted_at.append(time.monotonic())
+        return ref
+
+    def update(self, ref: str, status: BuildStatus) -> str | None:
+        return self.reporter.update(ref, status)
 
 
 class NoReports:
@@ -306,6 +351,214 @@ def test_rerun_starts_a_new_build_of_the_same_commit(rig: Rig) -> None:
     assert {call.params["sourceVersion"] for call in starts} == {rerun.sha}
     assert len({call.params["idempotencyToken"] for call in starts}) == 2
     assert len(rig.github_api.check_runs) == 2
+
+
+# -- bursts ----------------------------------------------------------------------------------------------
+
+BURST = 10
+WRITE_SPACING = 0.2  # shorter than GitHub's 1 s, but real: PyGithub sleeps between writes
+
+
+def test_a_burst_starts_every_build_before_the_spaced_status_writes(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+) -> None:
+    """GitHub writes are spaced (secondary rate limits); the builds must not queue behind them."""
+    made = make_rig(tmp_path, codebuild_double, github_api, gitlab_api, github_write_interval=WRITE_SPACING)
+    watcher = made.services.reporters
+    assert isinstance(watcher, StartsSeenByReports)
+    event = github_push()
+    for n in range(BURST):
+        made.enqueue(event, f"burst-{n}")
+
+    assert made.worker.drain_pending() == BURST
+
+    starts = codebuild_double.calls("StartBuild")
+    assert len(starts) == BURST
+    assert len({call.params["idempotencyToken"] for call in starts}) == BURST
+    # Every StartBuild had been answered before the second status write went out.
+    assert len(watcher.seen) == BURST
+    assert watcher.seen[1:] == [BURST] * (BURST - 1)
+    # One build per delivery, and each build has its one first status (a check run naming it).
+    deliveries = [made.services.store.get_delivery(f"burst-{n}") for n in range(BURST)]
+    build_ids = sorted(d.build_id or "" for d in deliveries if d is not None)
+    assert len(set(build_ids)) == BURST
+    assert "" not in build_ids
+    assert sorted(run["external_id"] for run in github_api.check_runs.values()) == build_ids
+    assert check_run_statuses(github_api) == ["POST queued"] * BURST
+    assert all(b.last_reported_state for b in made.services.store.active_builds())
+    # GitHub's spacing is kept: only the builds stopped waiting for it.
+    spacing = [b - a for a, b in zip(watcher.posted_at, watcher.posted_at[1:], strict=False)]
+    assert min(spacing) >= WRITE_SPACING * 0.9
+    made.services.store.close()
+
+
+class RecordingReporters:
+    """First statuses and updates by build id, with no API behind them; `on_start` runs at each post."""
+
+    def __init__(self, on_start: Callable[[], None] | None = None) -> None:
+        self.started: list[str] = []
+        self.updated: list[str] = []
+        self._on_start = on_start
+
+    def __call__(self, event: SourceEvent, route: Route) -> StatusReporter | None:
+        return _Recording(self)
+
+
+@dataclass
+class _Recording:
+    owner: RecordingReporters
+
+    def start(self, status: BuildStatus) -> str | None:
+        self.owner.started.append(status.build_id)
+        if self.owner._on_start is not None:
+            self.owner._on_start()
+        return f"ref-{status.build_id}"
+
+    def update(self, ref: str, status: BuildStatus) -> str | None:
+        self.owner.updated.append(status.build_id)
+        return ref
+
+
+@dataclass
+class StopsAfterStarts:
+    """The real builder; `then` runs once `count` builds have started (a stop arriving mid-burst)."""
+
+    inner: Builder
+    count: int
+    then: Callable[[], None]
+    name: str = "codebuild"
+
+    def start(self, request: BuildRequest) -> BuildRecord:
+        record = self.inner.start(request)
+        self.count -= 1
+        if self.count == 0:
+            self.then()
+        return record
+
+    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
+        return self.inner.get_many(build_ids)
+
+    def stop(self, build_id: str) -> BuildRecord:
+        return self.inner.stop(build_id)
+
+    def log_tail(self, build: BuildRecord) -> LogTail:
+        return self.inner.log_tail(build)
+
+
+@pytest.mark.parametrize("stop_during", ["starts", "first statuses"])
+def test_stop_during_a_burst_starts_nothing_more_and_loses_no_build(rig: Rig, stop_during: str) -> None:
+    """Stopping mid-burst: no StartBuild after the stop, every started build recorded, and the first
+    statuses not posted before the stop are posted by tracking later (here: after a restart)."""
+
+    def stop() -> None:
+        worker.stop()  # the worker below; no thread runs, so this only sets the flag
+
+    reporters = RecordingReporters(on_start=stop if stop_during == "first statuses" else None)
+    builder: Builder = rig.services.builder
+    if stop_during == "starts":
+        builder = StopsAfterStarts(builder, count=3, then=stop)
+    services = replace(rig.services, reporters=reporters, builder=builder)
+    worker = Worker(services, sleep_rand=lambda: 0.0)
+    event = github_push()
+    for n in range(BURST):
+        rig.enqueue(event, f"stop-{n}")
+
+    started = worker.drain_pending()
+
+    expected = 3 if stop_during == "starts" else BURST
+    assert started == expected
+    assert len(rig.double.calls("StartBuild")) == expected
+    tracked = {b.build_id for b in services.store.active_builds()}
+    assert len(tracked) == expected
+    assert reporters.started == ([] if stop_during == "starts" else reporters.started[:1])
+    assert len(reporters.started) == (0 if stop_during == "starts" else 1)
+
+    after = Worker(services, sleep_rand=lambda: 0.0)  # the next process: tracking posts the rest
+    after.track_builds()
+    assert sorted(reporters.started) == sorted(tracked)
+    assert len(rig.double.calls("StartBuild")) == expected
+
+
+def test_an_event_during_a_burst_posts_that_build_s_first_status_once(rig: Rig) -> None:
+    """An EventBridge event for a build still waiting for its first status posts it; the burst's
+    own first status for that build is then skipped (two check runs on one commit otherwise)."""
+    event = github_push()
+    for n in range(3):
+        rig.enqueue(event, f"event-{n}")
+
+    def last_build_runs() -> None:
+        if len(reporters.started) > 1:
+            return
+        last = rig.services.store.get_delivery("event-2")
+        assert last is not None
+        assert last.build_id is not None
+        running = {**rig.double.build(last.build_id), "buildStatus": "IN_PROGRESS", "currentPhase": "BUILD"}
+        assert worker.handle_codebuild_event(codebuild_event(running)["detail"]) is True
+
+    reporters = RecordingReporters(on_start=last_build_runs)
+    worker = Worker(replace(rig.services, reporters=reporters), sleep_rand=lambda: 0.0)
+
+    assert worker.drain_pending() == 3
+
+    build_ids = [d.build_id or "" for n in range(3) if (d := rig.services.store.get_delivery(f"event-{n}"))]
+    assert sorted(reporters.started) == sorted(build_ids)
+    assert reporters.started[1] == build_ids[2]  # the event's, posted during the first one's
+    assert reporters.updated == []  # and that build's status never went back to queued
+
+
+@pytest.fixture
+def dynamodb_table(moto_url: str, aws_env: dict[str, str]) -> str:
+    name = f"bridge-{uuid.uuid4().hex[:8]}"
+    create_table(boto3.client("dynamodb", region_name=REGION), name)
+    return name
+
+
+def test_first_status_leases_are_renewed_while_a_burst_reports(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+    dynamodb_table: str,
+) -> None:
+    """Two replicas on DynamoDB. Replica A's first statuses take 3 s each, so the last ones are
+    posted long after a 10-s lease taken at start; replica B polls during each of them and must
+    never post a first status itself (it would be a second check run on the commit)."""
+    made = make_rig(tmp_path, codebuild_double, github_api, gitlab_api)
+    made.services.store.close()
+    clock = made.clock
+    store_b = DynamoStore(dynamodb_table, region=REGION, clock=clock)
+    reporters_b = RecordingReporters()
+    replica_b = Worker(replace(made.services, store=store_b, reporters=reporters_b), sleep_rand=lambda: 0.0)
+
+    def slow_post_while_b_polls() -> None:
+        clock.advance(3)
+        replica_b.track_builds()
+
+    store_a = DynamoStore(dynamodb_table, region=REGION, clock=clock)
+    reporters_a = RecordingReporters(on_start=slow_post_while_b_polls)
+    services_a = replace(made.services, store=store_a, reporters=reporters_a)
+    replica_a = Worker(services_a, lease_seconds=10, sleep_rand=lambda: 0.0)
+    event = github_push()
+    assert isinstance(event, SourceEvent)
+    for n in range(6):
+        assert store_a.add_delivery(f"lease-{n}", "github", "push", "hello", event)
+
+    assert replica_a.drain_pending() == 6
+
+    build_ids = {b.build_id for b in store_a.active_builds()}
+    assert len(build_ids) == 6
+    assert sorted(reporters_a.started) == sorted(build_ids)
+    assert reporters_b.started == []
+    assert clock.now - 1_800_000_000.0 > 10  # the burst's reports did outlast the first lease
+    # Released once posted: B polls (and updates) every build from now on.
+    clock.advance(5)
+    replica_b.track_builds()
+    assert set(reporters_b.updated) == build_ids
 
 
 # -- retries ---------------------------------------------------------------------------------------------
