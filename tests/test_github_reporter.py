@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import github
@@ -509,7 +510,12 @@ def test_bound_reporter_fits_the_worker_protocol(
     reporter: StatusReporter = BoundReporter(inner, EVENT, details_url=DETAILS)
     ref = reporter.start(status_of("IN_PROGRESS"))
     assert ref is not None
-    later: StatusReporter = BoundReporter(type(inner)(gh, REPO, **_naming(inner)), EVENT)  # a fresh process
+    fresh = (  # a fresh process
+        CheckRunReporter(gh, REPO, name=inner.name)
+        if isinstance(inner, CheckRunReporter)
+        else CommitStatusReporter(gh, REPO, context=inner.context)
+    )
+    later: StatusReporter = BoundReporter(fresh, EVENT)
     assert later.update(ref, status_of("SUCCEEDED")) == ref
     assert [r.status for r in github_api.requests] == [201, 200 if kind == "check run" else 201]
     if kind == "check run":
@@ -518,7 +524,74 @@ def test_bound_reporter_fits_the_worker_protocol(
         assert [s["state"] for s in github_api.statuses] == ["pending", "success"]
 
 
-def _naming(reporter: CheckRunReporter | CommitStatusReporter) -> dict[str, str]:
-    if isinstance(reporter, CheckRunReporter):
-        return {"name": reporter.name}
-    return {"context": reporter.context}
+# --- a replica that died between creating a check run and recording its id -------------------------
+
+
+def test_a_check_run_created_by_a_replica_that_died_is_taken_over_not_doubled(
+    github_api: FakeGitHub, gh: github.Github
+) -> None:
+    """Replica A creates the build's run and is SIGKILLed before it records the id; replica B,
+    reporting on the same build with no id, must find and update that run."""
+    dead = CheckRunReporter(gh, REPO, name="codebuild / image", take_over=True)
+    orphan = dead.start(EVENT, status_of("IN_PROGRESS", phase="PROVISIONING"), None)
+    other_name = CheckRunReporter(gh, REPO, name="codebuild / other").start(EVENT, status_of(), None)
+    survivor_client = github_client(github_api.url, Secret(TOKEN), **UNPACED)
+    try:
+        survivor = CheckRunReporter(survivor_client, REPO, name="codebuild / image", take_over=True)
+        assert survivor.start(EVENT, status_of("SUCCEEDED"), None) == orphan
+    finally:
+        survivor_client.close()
+
+    assert sorted(github_api.check_runs) == sorted([orphan, other_name])  # no second run of the build
+    taken_over = github_api.check_runs[orphan]
+    assert (taken_over["status"], taken_over["conclusion"]) == ("completed", "success")
+    assert github_api.check_runs[other_name]["status"] == "in_progress"  # another check name: untouched
+    assert github_api.calls()[-2:] == [
+        ("GET", f"/repos/{REPO}/commits/{SHA}/check-runs", 200),
+        ("PATCH", f"{CHECK_RUNS}/{orphan}", 200),
+    ]
+    assert github_api.violations == []
+
+
+@pytest.mark.parametrize("runs_before", [0, 1, 120])
+def test_a_new_build_on_the_same_commit_gets_a_run_of_its_own(
+    github_api: FakeGitHub, gh: github.Github, runs_before: int
+) -> None:
+    """A re-run is a new build: its external_id differs, so it is created, however many runs (over
+    several pages) the commit already has."""
+    reporter = CheckRunReporter(gh, REPO, name="codebuild / image", take_over=True)
+    earlier = [
+        reporter.start(EVENT, replace(status_of("FAILED"), build_id=f"image-builder:old-{index}"), None)
+        for index in range(runs_before)
+    ]
+    new = reporter.start(EVENT, status_of(), None)
+    assert new not in earlier
+    assert len(github_api.check_runs) == runs_before + 1
+    assert github_api.check_runs[new]["external_id"] == BUILD_ID
+    again = reporter.start(EVENT, status_of("SUCCEEDED"), None)  # and found on the last page
+    assert again == new
+    assert len(github_api.check_runs) == runs_before + 1
+    assert github_api.violations == []
+
+
+def test_without_take_over_a_run_is_created_without_looking(
+    github_api: FakeGitHub, gh: github.Github
+) -> None:
+    """The Action's reporter: alone with its build, it spends no GET on a run that cannot exist."""
+    reporter = CheckRunReporter(gh, REPO, name="codebuild / image")
+    first = reporter.start(EVENT, status_of(), None)
+    assert reporter.start(EVENT, status_of(), None) != first
+    assert [method for method, _path, _status in github_api.calls()] == ["POST", "POST"]
+
+
+def test_fake_lists_check_runs_for_a_commit_as_github_does(github_api: FakeGitHub, gh: github.Github) -> None:
+    reporter = CheckRunReporter(gh, REPO, name="codebuild / image")
+    first = reporter.start(EVENT, replace(status_of(), build_id="image-builder:a"), None)
+    second = reporter.start(EVENT, replace(status_of("SUCCEEDED"), build_id="image-builder:b"), None)
+    commit = gh.get_repo(REPO).get_commit(SHA)
+    assert [run.id for run in commit.get_check_runs(filter="all")] == [second, first]  # newest first
+    assert [run.id for run in commit.get_check_runs()] == [second]  # "latest": the newest of each name
+    assert [run.id for run in commit.get_check_runs(status="in_progress", filter="all")] == [first]
+    assert list(commit.get_check_runs(check_name="codebuild / other")) == []
+    assert list(gh.get_repo(REPO).get_commit("f" * 40).get_check_runs()) == []
+    assert github_api.violations == []

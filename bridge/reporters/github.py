@@ -17,6 +17,7 @@ from typing import Any, Final
 import github
 import requests
 from github import Auth, GithubIntegration, GithubRetry
+from github.CheckRun import CheckRun
 from github.GithubException import GithubException, RateLimitExceededException
 from urllib3.util.retry import Retry
 
@@ -153,10 +154,14 @@ def find_installation_id(
 class CheckRunReporter:
     """One check run per build: created queued/in_progress, then edited until completed."""
 
-    def __init__(self, gh: github.Github, repository: str, *, name: str) -> None:
+    def __init__(self, gh: github.Github, repository: str, *, name: str, take_over: bool = False) -> None:
+        """`take_over`: before creating a build's run, look for one another process created for the
+        same build (the webhook server's replicas); one GET more per build. The Action, alone with
+        its build, leaves it off."""
         self._repo = gh.get_repo(repository)
         self.repository = repository
         self.name = name
+        self.take_over = take_over
 
     def start(self, event: SourceEvent, status: BuildStatus | None, details_url: str | None) -> int:
         fields: dict[str, Any] = {"name": self.name, "head_sha": event.sha}
@@ -168,6 +173,10 @@ class CheckRunReporter:
         else:
             fields["external_id"] = status.build_id
             fields.update(_check_run_fields(status))
+            found = self.take_over and bool(status.build_id)
+            existing = self._run_of_build(event, status.build_id) if found else None
+            if existing is not None:
+                return self._adopt(existing, fields)
         try:
             run = self._repo.create_check_run(**fields)
         except GithubException as error:
@@ -177,6 +186,39 @@ class CheckRunReporter:
             raise _network_error(error, f"creating check run '{self.name}' on {self.repository}") from None
         log.info("check run %s created on %s@%s", run.id, self.repository, event.short_sha)
         return int(run.id)
+
+    def _run_of_build(self, event: SourceEvent, build_id: str) -> CheckRun | None:
+        """This build's check run on the commit, if one exists already.
+
+        With several replicas, one may die between creating a build's check run and recording its
+        id; the replica that reports next must take that run over, not leave it queued for ever
+        beside a second one. The build id is the run's external_id, so it is found by listing the
+        commit's runs of this name (one GET, usually one page).
+        """
+        doing = f"looking for check run '{self.name}' of {build_id} on {self.repository}@{event.short_sha}"
+        try:
+            runs = self._repo.get_commit(event.sha).get_check_runs(check_name=self.name, filter="all")
+            return next((run for run in runs if run.external_id == build_id), None)
+        except GithubException as error:
+            raise _reporter_error(error, doing, forbidden_hint=CHECKS_HINT) from None
+        except requests.RequestException as error:
+            raise _network_error(error, doing) from None
+
+    def _adopt(self, run: CheckRun, fields: Mapping[str, Any]) -> int:
+        """Bring an existing run to `fields` (what start would have created) and report on it from now."""
+        self._edit(run, {key: value for key, value in fields.items() if key not in ("name", "head_sha")})
+        log.info("check run %s of build %s taken over on %s", run.id, fields["external_id"], self.repository)
+        return int(run.id)
+
+    def _edit(self, run: CheckRun, fields: Mapping[str, Any]) -> None:
+        try:
+            run.edit(**fields)
+        except GithubException as error:
+            doing = f"updating check run {run.id} on {self.repository}"
+            hint = "only the App (or workflow token) that created a check run can update it; " + CHECKS_HINT
+            raise _reporter_error(error, doing, forbidden_hint=hint) from None
+        except requests.RequestException as error:
+            raise _network_error(error, f"updating check run {run.id} on {self.repository}") from None
 
     def update(self, check_run_id: int, status: BuildStatus, event: SourceEvent | None = None) -> None:
         del event  # a check run is addressed by its id alone; the argument keeps reporters alike

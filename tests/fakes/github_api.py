@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlencode
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs; check-jsonschema brings it
 import jwt
@@ -44,6 +45,7 @@ SERVED: Final = (
     ("POST", "/repos/{owner}/{repo}/check-runs"),
     ("GET", "/repos/{owner}/{repo}/check-runs/{check_run_id}"),
     ("PATCH", "/repos/{owner}/{repo}/check-runs/{check_run_id}"),
+    ("GET", "/repos/{owner}/{repo}/commits/{ref}/check-runs"),
     ("POST", "/repos/{owner}/{repo}/statuses/{sha}"),
     ("POST", "/app/installations/{installation_id}/access_tokens"),
 )
@@ -319,6 +321,7 @@ class FakeGitHub:
             ("POST", "/repos/{owner}/{repo}/check-runs"): self._create_check_run,
             ("GET", "/repos/{owner}/{repo}/check-runs/{check_run_id}"): self._get_check_run,
             ("PATCH", "/repos/{owner}/{repo}/check-runs/{check_run_id}"): self._update_check_run,
+            ("GET", "/repos/{owner}/{repo}/commits/{ref}/check-runs"): self._list_check_runs_for_ref,
             ("POST", "/repos/{owner}/{repo}/statuses/{sha}"): self._create_status,
             ("POST", "/app/installations/{installation_id}/access_tokens"): self._access_token,
         }
@@ -327,6 +330,7 @@ class FakeGitHub:
                 template.replace("{check_run_id}", "<int:check_run_id>")
                 .replace("{installation_id}", "<int:installation_id>")
                 .replace("{sha}", "<path:sha>")
+                .replace("{ref}", "<path:ref>")
                 .replace("{", "<")
                 .replace("}", ">")
             )
@@ -626,6 +630,40 @@ class FakeGitHub:
         with self._lock:
             self._apply_check_run_fields(data, request.get_json())
         return self._json(data, 200)
+
+    def _list_check_runs_for_ref(self, owner: str, repo: str, ref: str) -> Response:
+        """GitHub's list for a commit SHA (branch and tag refs are not modelled): newest first,
+        filtered by `check_name` and `status`; `filter=latest` (GitHub's default) keeps the newest
+        run of each name. Paginated by `per_page`/`page` with a Link header, as GitHub does."""
+        args = request.args
+        latest = args.get("filter", "latest")
+        status = args.get("status")
+        if latest not in ("latest", "all") or status not in (None, "queued", "in_progress", "completed"):
+            return self._error(422, "Invalid request: filter must be latest or all, status a check status")
+        per_page = min(100, max(1, int(args.get("per_page", 30))))
+        page = max(1, int(args.get("page", 1)))
+        prefix = f"{self._base()}/repos/{owner}/{repo}/check-runs/"
+        with self._lock:
+            runs = sorted(self.check_runs.values(), key=lambda run: -int(run["id"]))
+        runs = [
+            run
+            for run in runs
+            if run["url"].startswith(prefix)
+            and run["head_sha"] == ref
+            and args.get("check_name") in (None, run["name"])
+            and status in (None, run["status"])
+        ]
+        if latest == "latest":
+            newest: dict[str, dict[str, Any]] = {}
+            for run in runs:
+                newest.setdefault(run["name"], run)
+            runs = list(newest.values())
+        chosen = runs[(page - 1) * per_page : page * per_page]
+        headers = {}
+        if page * per_page < len(runs):
+            query = urlencode({**args.to_dict(), "per_page": per_page, "page": page + 1})
+            headers["Link"] = f'<{request.base_url}?{query}>; rel="next"'
+        return self._json({"total_count": len(runs), "check_runs": chosen}, 200, headers)
 
     def _create_status(self, owner: str, repo: str, sha: str) -> Response:
         denied = self._require("statuses")
