@@ -2,22 +2,29 @@
 exactly-once check at scale: the long profile of tests/e2e/test_replicas.py.
 
     python -m bench.replicas [--deliveries 1000] [--replicas 1,2,3] [--no-kill]
+                             [--poll-interval 5] [--transactions item-undo|moto]
 
 For each fleet size: a fresh table and queue (with a dead-letter queue), N real `bridge serve`
 processes, then signed GitLab push deliveries (each its own commit) sent round-robin by 16 client
 threads; 10% are sent again to a different replica. A last run of the largest fleet SIGKILLs one
-replica half way: its delivery in flight reappears after the queue's 30 s visibility timeout,
-which that run's time includes.
+replica half way: its delivery in flight reappears after the queue's 30 s visibility timeout, and
+the builds it was reporting on are taken over when their leases expire; that run's times include
+both.
 
-Measured from the first send until every distinct delivery has its StartBuild: deliveries per
-second acknowledged and started, and the ack latency. Checked: exactly one successful StartBuild
-per distinct delivery, the queue drained, the dead-letter queue empty. The poll interval is long
-so that build tracking does not compete with intake (tests/e2e/test_replicas.py covers tracking).
+Measured from the first send: until every distinct delivery has its StartBuild (deliveries per
+second started), and until every delivery's commit status on the fake GitLab is final (builds are
+tracked all along, every `--poll-interval` seconds, as in production); the ack latency. Checked:
+exactly one successful StartBuild per distinct delivery, every status final, the queue drained,
+the dead-letter queue empty.
 
-Every AWS call lands on moto (one Python process, DynamoDB requests applied one at a time, as
-DynamoDB applies each item write atomically), so absolute figures measure this machine and moto;
-the ratio between fleet sizes is what carries over. BENCH_KEEP=1 keeps the replicas' logs and
-BENCH_LOG_LEVEL=INFO makes them say more.
+Every AWS call lands on moto, in two processes of their own (DynamoDB, with requests applied one at
+a time as DynamoDB applies each item write atomically; SQS and CloudWatch Logs), which count and
+time each operation: the table after each run says where the time went. moto's TransactWriteItems
+copies the whole table before it applies anything, so its cost grows with the table (~0.17 ms per
+item); `--transactions item-undo` (the default) applies transactions in the test proxy with
+per-item undo instead, so that the figures measure the bridge rather than that copy; `moto` keeps
+moto's own. Absolute figures measure this machine and moto; the ratio between fleet sizes is what
+carries over. BENCH_KEEP=1 keeps the replicas' logs and BENCH_LOG_LEVEL=INFO makes them say more.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -35,13 +43,12 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import mkdtemp
 from typing import Any
 
 import boto3
-from moto.server import ThreadedMotoServer
 
 from bridge.store_dynamodb import create_table
 from tests.e2e.support import config_text, gitlab_delivery, gitlab_payload, secret_env
@@ -53,6 +60,8 @@ from tests.fakes.gitlab_api import FakeGitLab
 REGION = "eu-west-1"
 CLIENTS = 16
 TIMEOUT_SECONDS = 1800.0
+FINAL_STATES = ("success", "failed", "canceled")
+TOP_OPERATIONS = 8
 
 
 @dataclass
@@ -61,19 +70,23 @@ class Result:
     deliveries: int
     redelivered: int
     killed: bool
-    seconds: float
+    started_seconds: float
+    final_seconds: float
     ack_p50_ms: float
     ack_p99_ms: float
     start_calls: int
     dlq: int
+    operations: dict[str, dict[str, float]] = field(default_factory=dict)  # "service Operation" → stats
 
     @property
     def per_second(self) -> float:
-        return self.deliveries / self.seconds
+        return self.deliveries / self.started_seconds
 
 
 class BenchServer(Server):
-    """The e2e test's server process, polling builds every 600 s instead of every second."""
+    """The e2e test's server process, with the benchmark's poll interval and eight threads."""
+
+    poll_interval = 5
 
     def start(self) -> None:
         command = [sys.executable, "-m", "bridge", "serve", "--config", str(self.config_path)]
@@ -85,7 +98,7 @@ class BenchServer(Server):
             "--threads",
             "8",
             "--poll-interval",
-            "600",
+            str(self.poll_interval),
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -115,25 +128,46 @@ def push_of(index: int) -> dict[str, Any]:
     return payload
 
 
-def run(replicas: int, deliveries: int, *, kill: bool, work: Path) -> Result:
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    moto_url = f"http://{host}:{port}"
-    dynamodb = AtomicDynamoDBProcess()
+def operations_between(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], service: str
+) -> dict[str, dict[str, float]]:
+    """What each operation cost during the run (the stats are totals since the process started)."""
+    spent: dict[str, dict[str, float]] = {}
+    for name, totals in after.items():
+        earlier = before.get(name, {})
+        delta = {key: value - earlier.get(key, 0.0) for key, value in totals.items()}
+        delta["max_served_seconds"] = totals["max_served_seconds"]
+        if delta["count"]:
+            spent[f"{service} {name}"] = delta
+    return spent
+
+
+def final_commits(gitlab: FakeGitLab) -> set[str]:
+    """Commits whose latest status is final (each delivery is a commit of its own)."""
+    latest: dict[str, str] = {}
+    for _project, sha, _name, state in list(gitlab.transitions):
+        latest[sha] = state
+    return {sha for sha, state in latest.items() if state in FINAL_STATES}
+
+
+def run(
+    replicas: int, deliveries: int, *, kill: bool, work: Path, poll_interval: int, transactions: str
+) -> Result:
+    moto = AtomicDynamoDBProcess()  # SQS and CloudWatch Logs
+    dynamodb = AtomicDynamoDBProcess(transactions=transactions)
     session = boto3.session.Session(
         region_name=REGION,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",  # noqa: S106 - moto
     )
-    double = CodeBuildDouble(logs=session.client("logs", endpoint_url=moto_url), region=REGION).start()
+    double = CodeBuildDouble(logs=session.client("logs", endpoint_url=moto.url), region=REGION).start()
     gitlab = FakeGitLab()
     gitlab.start()
     servers: list[Server] = []
     try:
         table = f"bench-{uuid.uuid4().hex[:8]}"
         create_table(session.client("dynamodb", endpoint_url=dynamodb.url), table)
-        sqs = session.client("sqs", endpoint_url=moto_url)
+        sqs = session.client("sqs", endpoint_url=moto.url)
         dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
@@ -147,16 +181,17 @@ def run(replicas: int, deliveries: int, *, kill: bool, work: Path) -> Result:
         )["QueueUrl"]
         config = work / f"bridge-{replicas}.toml"
         config.write_text(
-            config_text(gitlab_url=gitlab.url, refs="env", poll_interval_seconds=600)
+            config_text(gitlab_url=gitlab.url, refs="env", poll_interval_seconds=poll_interval)
             + f'\n[store]\nbackend = "dynamodb"\ntable = "{table}"\n\n'
             f'[queue]\nurl = "{queue}"\nvisibility_timeout_seconds = 30\nwait_seconds = 5\n'
         )
         env = {
             **os.environ,
-            **aws_env(moto_url, dynamodb.url, double.url, work),
+            **aws_env(moto.url, dynamodb.url, double.url, work),
             **secret_env(gitlab_token=gitlab.token),
             "BRIDGE_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         }
+        BenchServer.poll_interval = poll_interval
         servers = [
             BenchServer(
                 config,
@@ -175,6 +210,7 @@ def run(replicas: int, deliveries: int, *, kill: bool, work: Path) -> Result:
         sent = [
             gitlab_delivery(push_of(index), idempotency_key=f"bench-{index}") for index in range(deliveries)
         ]
+        commits = {str(push_of(index)["checkout_sha"]) for index in range(deliveries)}
         repeats = sent[::10][: deliveries // 10] if replicas > 1 else []
         plan = [(index % replicas, item) for index, item in enumerate(sent)]
         plan += [((index + 1) % replicas, item) for index, item in enumerate(repeats)]
@@ -203,6 +239,7 @@ def run(replicas: int, deliveries: int, *, kill: bool, work: Path) -> Result:
                     servers[replicas - 1].stop_hard()
             assert status in (200, 202), status
 
+        before = {"dynamodb": dynamodb.stats(), "aws": moto.stats()}
         started_at = time.perf_counter()
         with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
             list(pool.map(post, plan))
@@ -217,34 +254,46 @@ def run(replicas: int, deliveries: int, *, kill: bool, work: Path) -> Result:
             if time.monotonic() > deadline:
                 raise SystemExit(f"only {len(tokens())} of {deliveries} builds started")
             time.sleep(0.05)
-        seconds = time.perf_counter() - started_at
+        started_seconds = time.perf_counter() - started_at
+        while not commits <= final_commits(gitlab):
+            if time.monotonic() > deadline:
+                missing = len(commits - final_commits(gitlab))
+                raise SystemExit(f"{missing} of {deliveries} commit statuses are not final")
+            time.sleep(0.2)
+        final_seconds = time.perf_counter() - started_at
+        operations = operations_between(before["dynamodb"], dynamodb.stats(), "DynamoDB")
+        operations |= operations_between(before["aws"], moto.stats(), "SQS/Logs")
         per_token = tokens()
-        depth = {"queue": -1}
-        while depth["queue"] != 0 and time.monotonic() < deadline:
+        depth = -1
+        while depth != 0 and time.monotonic() < deadline:
             attributes = sqs.get_queue_attributes(
                 QueueUrl=queue,
                 AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
             )["Attributes"]
-            depth["queue"] = sum(int(value) for value in attributes.values())
+            depth = sum(int(value) for value in attributes.values())
             time.sleep(0.2)
         dlq_depth = int(
             sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])[
                 "Attributes"
             ]["ApproximateNumberOfMessages"]
         )
-        if set(per_token.values()) != {1}:
+        if set(per_token.values()) != {1} or len(per_token) != deliveries:
             raise SystemExit(f"a delivery was started twice: {per_token.most_common(3)}")
+        if depth != 0:
+            raise SystemExit(f"{depth} messages left on the delivery queue")
         quantiles = statistics.quantiles(latencies, n=100)
         return Result(
             replicas=replicas,
             deliveries=deliveries,
             redelivered=len(repeats),
             killed=bool(dead),
-            seconds=seconds,
+            started_seconds=started_seconds,
+            final_seconds=final_seconds,
             ack_p50_ms=quantiles[49] * 1000,
             ack_p99_ms=quantiles[98] * 1000,
             start_calls=len(double.calls("StartBuild")),
             dlq=dlq_depth,
+            operations=operations,
         )
     finally:
         for server in servers:
@@ -255,6 +304,23 @@ def run(replicas: int, deliveries: int, *, kill: bool, work: Path) -> Result:
         moto.stop()
 
 
+def print_operations(result: Result) -> None:
+    """The costliest operations of the run: where moto's time went, per delivery."""
+    rows = sorted(result.operations.items(), key=lambda pair: -pair[1]["served_seconds"])
+    rows = [(name, stats) for name, stats in rows if not name.endswith("ReceiveMessage")]
+    print("    operation                        calls  per delivery  mean ms  max ms  lock wait ms  total s")
+    for name, stats in rows[:TOP_OPERATIONS]:
+        count = stats["count"]
+        print(
+            f"    {name:<31}  {int(count):>5}  {count / result.deliveries:>12.2f}"
+            f"  {stats['served_seconds'] / count * 1000:>7.1f}  {stats['max_served_seconds'] * 1000:>6.0f}"
+            f"  {stats['waited_seconds'] / count * 1000:>12.1f}  {stats['served_seconds']:>7.1f}"
+        )
+    receives = result.operations.get("SQS/Logs ReceiveMessage")
+    if receives:
+        print(f"    (ReceiveMessage: {int(receives['count'])} calls, long polls: their time is waiting)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=1000)
@@ -262,10 +328,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-kill", action="store_true", help="skip the last run (largest fleet, one replica SIGKILLed)"
     )
+    parser.add_argument("--poll-interval", type=int, default=5, help="seconds between build polls")
+    parser.add_argument(
+        "--transactions",
+        choices=("item-undo", "moto"),
+        default="item-undo",
+        help="who applies TransactWriteItems: the test proxy (per-item undo) or moto (copies the table)",
+    )
+    parser.add_argument("--operations", action="store_true", help="print each run's costliest operations")
     args = parser.parse_args(argv)
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {args.deliveries} deliveries per run")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the fake GitLab's and double's request lines
     print(
-        "replicas  redelivered  killed  seconds  deliveries/s  ack p50 ms  ack p99 ms  StartBuild calls  DLQ"
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {args.deliveries} deliveries per run;"
+        f" poll interval {args.poll_interval} s; transactions: {args.transactions}"
+    )
+    print(
+        "replicas  redelivered  killed  started s  deliveries/s  all final s  ack p50 ms  ack p99 ms"
+        "  StartBuild calls  DLQ"
     )
     keep = bool(os.environ.get("BENCH_KEEP"))  # keep the replicas' logs (printed at the end)
     tmp = mkdtemp(prefix="bench-replicas-")
@@ -273,14 +352,28 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [int(value) for value in args.replicas.split(",")]
         runs = [(size, False) for size in sizes] + ([] if args.no_kill else [(max(sizes), True)])
         for replicas, kill in runs:
-            result = run(replicas, args.deliveries, kill=kill, work=Path(tmp))
+            result = run(
+                replicas,
+                args.deliveries,
+                kill=kill,
+                work=Path(tmp),
+                poll_interval=args.poll_interval,
+                transactions=args.transactions,
+            )
             print(
                 f"{result.replicas:>8}  {result.redelivered:>11}  {'yes' if result.killed else 'no':>6}"
-                f"  {result.seconds:>7.1f}  {result.per_second:>12.1f}  {result.ack_p50_ms:>10.1f}"
-                f"  {result.ack_p99_ms:>10.1f}  {result.start_calls:>16}  {result.dlq:>3}",
+                f"  {result.started_seconds:>9.1f}  {result.per_second:>12.1f}  {result.final_seconds:>11.1f}"
+                f"  {result.ack_p50_ms:>10.1f}  {result.ack_p99_ms:>10.1f}  {result.start_calls:>16}"
+                f"  {result.dlq:>3}",
                 flush=True,
             )
-        print("every distinct delivery: exactly one successful StartBuild; delivery queue drained")
+            if args.operations:
+                print_operations(result)
+                sys.stdout.flush()
+        print(
+            "every distinct delivery: exactly one successful StartBuild, a final commit status;"
+            " delivery queue drained"
+        )
     finally:
         if keep:
             print(f"logs: {tmp}")

@@ -5,12 +5,14 @@ start that a slower replica loses, build leases that expire, TTL, and the table 
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 import pytest
@@ -20,6 +22,7 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from werkzeug.serving import make_server
+from werkzeug.test import EnvironBuilder
 
 from bridge.model import SourceEvent
 from bridge.store import SqliteStore, StateStore, Store, StoreError
@@ -60,11 +63,26 @@ class AtomicDynamoDB:
     conditional updates of one item can both pass), which would make every race test here flaky.
     Other services (SQS long polls) stay concurrent. It serves the same in-process moto backends as
     the `moto_server` fixture, so `moto_url`'s reset empties both.
+
+    It also counts and times every request by operation (`GET /_stats`, JSON): how bench/replicas.py
+    tells the time moto spends from the time the bridge's access pattern asks for.
+
+    `transactions="item-undo"` applies TransactWriteItems here instead of in moto: moto copies every
+    table a transaction names before applying it (to roll back), so each transaction costs time in
+    proportion to the table's size (~0.17 ms per item on this machine), which DynamoDB's do not.
+    Under the lock a transaction only has to undo what it wrote: each item is read, each operation
+    applied as the single-item write it names (moto evaluates its condition), and on the first
+    failed condition the written items are put back and the cancellation reasons returned as
+    DynamoDB does. The contract tests use moto's own transactions; the benchmark uses this.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, transactions: Literal["moto", "item-undo"] = "moto") -> None:
         self._app = DomainDispatcherApplication(create_backend_app)
+        self._transactions = transactions
+        self._key_names: dict[str, list[str]] = {}
         self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._stats: dict[str, OperationStats] = {}
         self._server = make_server(
             "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=MotoRequestHandler
         )
@@ -74,11 +92,117 @@ class AtomicDynamoDB:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_port}"
 
+    def stats(self) -> dict[str, OperationStats]:
+        with self._stats_lock:
+            return {name: replace(value) for name, value in self._stats.items()}
+
+    def _record(self, operation: str, waited: float, served: float) -> None:
+        with self._stats_lock:
+            entry = self._stats.setdefault(operation, OperationStats())
+            entry.count += 1
+            entry.waited_seconds += waited
+            entry.served_seconds += served
+            entry.max_served_seconds = max(entry.max_served_seconds, served)
+
     def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if not str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB_"):
-            return self._app(environ, start_response)  # type: ignore[no-any-return]
+        if environ.get("PATH_INFO") == "/_stats" and environ.get("REQUEST_METHOD") == "GET":
+            body = json.dumps({name: asdict(value) for name, value in self.stats().items()}).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        target = str(environ.get("HTTP_X_AMZ_TARGET", ""))
+        operation = target.rpartition(".")[2] or str(environ.get("PATH_INFO", "/"))
+        arrived = time.perf_counter()
+        if not target.startswith("DynamoDB_"):
+            response = list(self._app(environ, start_response))
+            self._record(operation, 0.0, time.perf_counter() - arrived)
+            return response
         with self._lock:
-            return list(self._app(environ, start_response))
+            began = time.perf_counter()
+            if operation == "TransactWriteItems" and self._transactions == "item-undo":
+                response = self._transact(environ, start_response)
+            else:
+                response = list(self._app(environ, start_response))
+        self._record(operation, began - arrived, time.perf_counter() - began)
+        return response
+
+    def _call(self, environ: dict[str, Any], operation: str, payload: dict[str, Any]) -> tuple[int, Any]:
+        """One DynamoDB request to moto, signed as the transaction was (moto reads the service from it)."""
+        headers = {
+            "Authorization": str(environ.get("HTTP_AUTHORIZATION", "")),
+            "X-Amz-Date": str(environ.get("HTTP_X_AMZ_DATE", "")),
+            "Content-Type": "application/x-amz-json-1.0",
+            "X-Amz-Target": f"DynamoDB_20120810.{operation}",
+            "Host": str(environ.get("HTTP_HOST", "localhost")),
+        }
+        request = EnvironBuilder(
+            method="POST", path="/", headers=list(headers.items()), data=json.dumps(payload)
+        )
+        status: list[str] = []
+
+        def start(line: str, _headers: list[tuple[str, str]], _exc: Any = None) -> None:
+            status.append(line)
+
+        body = b"".join(self._app(request.get_environ(), start))
+        return int(status[0].split()[0]), json.loads(body or b"{}")
+
+    def _key_of(self, environ: dict[str, Any], table: str, item: dict[str, Any]) -> dict[str, Any]:
+        if table not in self._key_names:
+            _status, described = self._call(environ, "DescribeTable", {"TableName": table})
+            self._key_names[table] = [key["AttributeName"] for key in described["Table"]["KeySchema"]]
+        return {name: item[name] for name in self._key_names[table]}
+
+    def _transact(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        request = json.loads(environ["wsgi.input"].read(length) or b"{}")
+        writes: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (operation, request, key)
+        for entry in request.get("TransactItems", []):
+            ((kind, op),) = entry.items()
+            fields = {name: op[name] for name in _WRITE_FIELDS if name in op}
+            if kind == "Put":
+                writes.append(("PutItem", fields, self._key_of(environ, op["TableName"], op["Item"])))
+            elif kind in ("Update", "Delete"):
+                writes.append((f"{kind}Item", fields, op["Key"]))
+            else:
+                return self._reply(start_response, 400, _error("ValidationException", f"{kind}: not here"))
+        before = [
+            self._call(environ, "GetItem", {"TableName": op["TableName"], "Key": key, "ConsistentRead": True})
+            for _operation, op, key in writes
+        ]
+        for index, (operation, op, _key) in enumerate(writes):
+            status, answer = self._call(environ, operation, op)
+            if status == 200:
+                continue
+            for (_operation, undo, key), (_status, old) in reversed(
+                list(zip(writes[:index], before[:index], strict=True))
+            ):
+                if "Item" in old:
+                    self._call(environ, "PutItem", {"TableName": undo["TableName"], "Item": old["Item"]})
+                else:
+                    self._call(environ, "DeleteItem", {"TableName": undo["TableName"], "Key": key})
+            if not str(answer.get("__type", "")).endswith("ConditionalCheckFailedException"):
+                return self._reply(start_response, status, answer)
+            reasons: list[dict[str, str]] = [{"Code": "None"} for _ in writes]
+            reasons[index] = {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed"}
+            codes = ", ".join(reason["Code"] for reason in reasons)
+            return self._reply(
+                start_response,
+                400,
+                {
+                    **_error(
+                        "TransactionCanceledException",
+                        f"Transaction cancelled, please refer cancellation reasons for specific reasons"
+                        f" [{codes}]",
+                    ),
+                    "CancellationReasons": reasons,
+                },
+            )
+        return self._reply(start_response, 200, {})
+
+    @staticmethod
+    def _reply(start_response: Callable[..., Any], status: int, body: dict[str, Any]) -> list[bytes]:
+        phrase = "OK" if status == 200 else "Bad Request"
+        start_response(f"{status} {phrase}", [("Content-Type", "application/x-amz-json-1.0")])
+        return [json.dumps(body).encode()]
 
     def start(self) -> AtomicDynamoDB:
         self._thread.start()
@@ -88,6 +212,31 @@ class AtomicDynamoDB:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+_WRITE_FIELDS = (
+    "TableName",
+    "Item",
+    "Key",
+    "UpdateExpression",
+    "ConditionExpression",
+    "ExpressionAttributeNames",
+    "ExpressionAttributeValues",
+)
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "Message": message}
+
+
+@dataclass
+class OperationStats:
+    """One AWS operation's requests: how many, time waiting for the DynamoDB lock, time in moto."""
+
+    count: int = 0
+    waited_seconds: float = 0.0
+    served_seconds: float = 0.0
+    max_served_seconds: float = 0.0
 
 
 @pytest.fixture(scope="session")
@@ -425,3 +574,35 @@ def test_the_stack_declares_the_table_the_store_expects() -> None:
     for key in ("AttributeDefinitions", "KeySchema", "BillingMode", "GlobalSecondaryIndexes"):
         assert properties[key] == TABLE_DEFINITION[key], key
     assert properties["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+
+
+# --- the test proxy itself (bench/replicas.py measures through it) ------------------------------------
+
+
+@pytest.mark.parametrize("transactions", ["moto", "item-undo"])
+def test_the_proxys_transactions_commit_whole_or_not_at_all_and_are_counted(
+    moto_url: str, transactions: Literal["moto", "item-undo"], clock: Clock
+) -> None:
+    server = AtomicDynamoDB(transactions=transactions).start()
+    try:
+        name = f"bridge-{uuid.uuid4().hex[:8]}"
+        create_table(dynamodb_client(server.url), name)
+        store = replica(server.url, name, clock)
+        add(store, "d-1")
+        add(store, "d-2")
+        assert store.mark_started("d-1", "proj:b1") is True
+        assert store.mark_started("d-1", "proj:b1") is False  # the delivery's condition fails
+        # The delivery's update passes, the build row's put fails: the update must be undone.
+        assert store.mark_started("d-2", "proj:b1") is False
+        row = store.get_delivery("d-2")
+        assert row is not None
+        assert (row.state, row.build_id) == ("pending", None)
+        build = store.get_build("proj:b1")
+        assert build is not None
+        assert build.delivery_id == "d-1"
+        stats = server.stats()
+        assert stats["TransactWriteItems"].count == 3
+        assert stats["PutItem"].count == 2
+        assert stats["TransactWriteItems"].served_seconds > 0
+    finally:
+        server.stop()

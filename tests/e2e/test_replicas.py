@@ -21,12 +21,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -171,12 +172,15 @@ def gitlab_push_of(index: int) -> dict[str, Any]:
 class AtomicDynamoDBProcess:
     """tests.test_store_dynamodb.AtomicDynamoDB in a process of its own: moto's DynamoDB is slow
     Python, and three replicas' worth of requests should not queue behind this test's other fakes
-    for one interpreter lock. Killed by PID at teardown."""
+    for one interpreter lock. Killed by PID at teardown. It serves every moto service (requests
+    other than DynamoDB's run concurrently), so bench/replicas.py also runs SQS in one of these.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, *, transactions: str = "moto") -> None:
         code = (
             "import sys, time; from tests.test_store_dynamodb import AtomicDynamoDB;"
-            " s = AtomicDynamoDB().start(); print(s.url, flush=True); time.sleep(3600)"
+            f" s = AtomicDynamoDB(transactions={transactions!r}).start(); print(s.url, flush=True);"
+            " time.sleep(7200)"
         )
         self.process = subprocess.Popen(
             [sys.executable, "-c", code],
@@ -189,6 +193,11 @@ class AtomicDynamoDBProcess:
         assert self.process.stdout is not None
         self.url = self.process.stdout.readline().strip()
         assert self.url.startswith("http://127.0.0.1:"), self.url
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Requests by operation so far: count, waited_seconds, served_seconds, max_served_seconds."""
+        with urllib.request.urlopen(f"{self.url}/_stats", timeout=10) as response:
+            return cast(dict[str, dict[str, float]], json.load(response))
 
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
