@@ -61,7 +61,7 @@ REGION = "eu-west-1"
 CLIENTS = 16
 TIMEOUT_SECONDS = 1800.0
 FINAL_STATES = ("success", "failed", "canceled")
-TOP_OPERATIONS = 8
+TOP_OPERATIONS = 12
 
 
 @dataclass
