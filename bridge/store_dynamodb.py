@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, cast, get_args
@@ -517,28 +518,57 @@ class DynamoStore:
 
         Taking one moves its slot a poll interval on and leases it to `owner`, in one conditional
         update: the replica that wins polls it; the others' conditions fail and they skip it.
+
+        Replicas whose cycles overlap read the same due builds. Walking that list in the same order,
+        each would try every build and all but one would fail on each (a failed conditional write
+        is still a write: three replicas made 26 claim attempts per build instead of 10). So each
+        replica starts at its own place in the list (from its owner name), and stops at the first
+        build another replica polled this interval: from there on, that replica is walking. A build
+        whose lease is merely held (an event being reported) is skipped, not a reason to stop.
         """
         now = self._clock()
         claimed: list[TrackedBuild] = []
-        for candidate in self._active_items(due_before=now):
+        candidates = self._active_items(due_before=now)
+        start = zlib.crc32(owner.encode()) % len(candidates) if candidates else 0
+        for candidate in candidates[start:] + candidates[:start]:
             build_id = _str(candidate, "build_id") or ""
-            item = self._conditional_update(
-                "claiming a build",
-                Key=_build_key(build_id),
-                ConditionExpression="attribute_exists(active) AND poll_at <= :now"
-                " AND (lease_until <= :now OR lease_owner = :me)",
-                UpdateExpression="SET poll_at = :next, lease_owner = :me, lease_until = :until",
-                ExpressionAttributeValues={
-                    ":now": _n(now),
-                    ":me": _s(owner),
-                    ":next": _n(now + poll_interval),
-                    ":until": _n(now + lease_seconds),
-                },
-                ReturnValues="ALL_NEW",
-            )
+            item, current = self._claim_build(build_id, owner, now, lease_seconds, poll_interval)
             if item is not None:
                 claimed.append(self._build(item))
+            elif (
+                current is not None
+                and _num(current, "poll_at") > now
+                and _str(current, "lease_owner") != owner
+            ):
+                break  # polled this interval by another replica, which walks on from here
         return claimed
+
+    def _claim_build(
+        self, build_id: str, owner: str, now: float, lease_seconds: float, poll_interval: float
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(the claimed item, None), or (None, the item as it was when the condition failed)."""
+        with self._guard("claiming a build"):
+            try:
+                response = self._client.update_item(
+                    TableName=self._table,
+                    Key=_build_key(build_id),
+                    ConditionExpression="attribute_exists(active) AND poll_at <= :now"
+                    " AND (lease_until <= :now OR lease_owner = :me)",
+                    UpdateExpression="SET poll_at = :next, lease_owner = :me, lease_until = :until",
+                    ExpressionAttributeValues={
+                        ":now": _n(now),
+                        ":me": _s(owner),
+                        ":next": _n(now + poll_interval),
+                        ":until": _n(now + lease_seconds),
+                    },
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except botocore.exceptions.ClientError as exc:
+                if _is_condition_failure(exc):
+                    return None, cast(dict[str, Any] | None, exc.response.get("Item"))
+                raise
+        return cast(dict[str, Any], response.get("Attributes", {})), None
 
     def lock_build(self, build_id: str, owner: str, *, lease_seconds: float) -> TrackedBuild | None:
         now = self._clock()

@@ -621,3 +621,38 @@ def test_the_proxys_transactions_commit_whole_or_not_at_all_and_are_counted(
         assert stats["TransactWriteItems"].served_seconds > 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("replica_count", [2, 3])
+def test_overlapping_claims_do_not_each_try_every_build(
+    clock: Clock, moto_url: str, replica_count: int
+) -> None:
+    """Replicas whose poll cycles overlap read the same due builds; each must not walk all of them
+    (every failed conditional write is a billed write): at most one failed claim per replica."""
+    server = AtomicDynamoDB().start()
+    try:
+        name = f"bridge-{uuid.uuid4().hex[:8]}"
+        create_table(dynamodb_client(server.url), name)
+        replicas = [replica(server.url, name, clock) for _ in range(replica_count)]
+        for index in range(60):
+            add(replicas[0], f"d-{index}")
+            replicas[0].mark_started(f"d-{index}", f"proj:b{index}")
+        results: dict[int, list[str]] = {}
+        barrier = threading.Barrier(replica_count)
+
+        def claim(index: int, store: DynamoStore) -> None:
+            barrier.wait()
+            results[index] = [
+                build.build_id for build in store.claim_builds(f"r{index}", lease_seconds=5, poll_interval=15)
+            ]
+
+        threads = [threading.Thread(target=claim, args=pair) for pair in enumerate(replicas)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        claimed = [build_id for ids in results.values() for build_id in ids]
+        assert sorted(claimed) == sorted(f"proj:b{index}" for index in range(60))  # all, none twice
+        assert server.stats()["UpdateItem SET poll_at"].count <= 60 + replica_count
+    finally:
+        server.stop()
