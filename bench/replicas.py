@@ -308,11 +308,11 @@ def print_operations(result: Result) -> None:
     """The costliest operations of the run: where moto's time went, per delivery."""
     rows = sorted(result.operations.items(), key=lambda pair: -pair[1]["served_seconds"])
     rows = [(name, stats) for name, stats in rows if not name.endswith("ReceiveMessage")]
-    print("    operation                        calls  per delivery  mean ms  max ms  lock wait ms  total s")
+    print("    operation                               calls  per delivery  mean ms  max ms  lock wait ms  total s")
     for name, stats in rows[:TOP_OPERATIONS]:
         count = stats["count"]
         print(
-            f"    {name:<31}  {int(count):>5}  {count / result.deliveries:>12.2f}"
+            f"    {name:<38}  {int(count):>5}  {count / result.deliveries:>12.2f}"
             f"  {stats['served_seconds'] / count * 1000:>7.1f}  {stats['max_served_seconds'] * 1000:>6.0f}"
             f"  {stats['waited_seconds'] / count * 1000:>12.1f}  {stats['served_seconds']:>7.1f}"
         )

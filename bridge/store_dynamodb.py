@@ -526,12 +526,14 @@ class DynamoStore:
         build another replica polled this interval: from there on, that replica is walking. A build
         whose lease is merely held (an event being reported) is skipped, not a reason to stop.
         """
-        now = self._clock()
         claimed: list[TrackedBuild] = []
-        candidates = self._active_items(due_before=now)
+        candidates = self._active_items(due_before=self._clock())
         start = zlib.crc32(owner.encode()) % len(candidates) if candidates else 0
         for candidate in candidates[start:] + candidates[:start]:
             build_id = _str(candidate, "build_id") or ""
+            # The time of each claim, not of the walk's start: a walk over hundreds of builds lasts
+            # seconds, and a slot or lease dated from its start would already be over for the last.
+            now = self._clock()
             item, current = self._claim_build(build_id, owner, now, lease_seconds, poll_interval)
             if item is not None:
                 claimed.append(self._build(item))

@@ -656,3 +656,31 @@ def test_overlapping_claims_do_not_each_try_every_build(
         assert server.stats()["UpdateItem SET poll_at"].count <= 60 + replica_count
     finally:
         server.stop()
+
+
+def test_a_long_claim_walk_dates_each_slot_and_lease_from_its_own_claim(
+    dynamodb_url: str, table: str, clock: Clock
+) -> None:
+    """A walk over hundreds of builds lasts seconds: a slot dated from its start would already be
+    due again (and its lease over) for the last builds, which another replica would then poll too."""
+    store = replica(dynamodb_url, table, clock)
+    for index in range(4):
+        add(store, f"d-{index}")
+        store.mark_started(f"d-{index}", f"proj:b{index}")
+
+    def ticking() -> float:
+        clock.now += 3  # each request of the walk takes 3 s
+        return clock.now
+
+    walker = DynamoStore(table, client=dynamodb_client(dynamodb_url), clock=ticking)
+    claimed = walker.claim_builds("r", lease_seconds=5, poll_interval=4)
+    assert len(claimed) == 4
+    client = dynamodb_client(dynamodb_url)
+    slots = []
+    for build in claimed:
+        key = {"pk": {"S": f"b#{build.build_id}"}}
+        item = client.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
+        poll_at, lease_until = float(item["poll_at"]["N"]), float(item["lease_until"]["N"])
+        assert lease_until - poll_at == 1  # both from the same claim time
+        slots.append(poll_at)
+    assert slots == sorted(set(slots))  # one claim time each, in the order of the walk
