@@ -308,9 +308,7 @@ def print_operations(result: Result) -> None:
     """The costliest operations of the run: where moto's time went, per delivery."""
     rows = sorted(result.operations.items(), key=lambda pair: -pair[1]["served_seconds"])
     rows = [(name, stats) for name, stats in rows if not name.endswith("ReceiveMessage")]
-    print(
-        "    operation                               calls  per delivery  mean ms  max ms  lock wait ms  total s"
-    )
+    print(f"    {'operation':<38}  calls  per delivery  mean ms  max ms  lock wait ms  total s")
     for name, stats in rows[:TOP_OPERATIONS]:
         count = stats["count"]
         print(
