@@ -183,7 +183,10 @@ class ProviderReporters:
                         seconds_between_writes=self._write_interval,
                     )
                     self._github[cache_key] = gh
-            return BoundReporter(CheckRunReporter(gh, event.repository, name=route.context), event)
+            # take_over: a replica killed after creating the check run but before recording its id
+            # must not leave it "queued" forever next to a second one; the next reporter adopts it.
+            reporter = CheckRunReporter(gh, event.repository, name=route.context, take_over=True)
+            return BoundReporter(reporter, event)
         if settings.token is not None:
             with self._lock:
                 gh = self._github.get("token")

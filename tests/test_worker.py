@@ -22,6 +22,7 @@ from bridge.model import BuildRecord, BuildRequest, BuildStatus, Ignored, Source
 from bridge.plan import plan_build
 from bridge.secrets import SecretStore
 from bridge.services import ProviderReporters, ReporterFactory, Services, StatusReporter
+from bridge.status import build_status
 from bridge.store_dynamodb import DynamoStore, create_table
 from bridge.worker import Worker, idempotency_seed, record_from_event, retry_delay, state_key
 from tests.e2e.support import (
@@ -783,3 +784,37 @@ def test_state_key_orders_states() -> None:
         console_url="",
     )
     assert state_key(status) == "in_progress|IN_PROGRESS|BUILD"
+
+
+def test_a_replica_without_the_run_id_adopts_the_check_run_another_one_created(
+    tmp_path: Path, github_api: FakeGitHub, gitlab_api: FakeGitLab
+) -> None:
+    """The server's check-run reporters look before they create: a replica SIGKILLed between
+    creating a build's check run and recording its id leaves no second, forever-queued run."""
+    config = make_config(tmp_path, github_url=github_api.url, gitlab_url=gitlab_api.url)
+    environ = secret_env(github_app_key=github_api.app_keys.private_key_pem, gitlab_token=gitlab_api.token)
+    event = github_push()
+    assert isinstance(event, SourceEvent)
+    route = routing.match_route(event, config.routes)
+    assert isinstance(route, Route)
+
+    def replica() -> StatusReporter:
+        reporter = ProviderReporters(config, SecretStore(None, environ=environ), github_write_interval=None)(
+            event, route
+        )
+        assert reporter is not None
+        return reporter
+
+    def status(state: str) -> BuildStatus:
+        record = {
+            "id": "bench:adopt-1",
+            "arn": f"arn:aws:codebuild:{REGION}:123456789012:build/bench:adopt-1",
+        }
+        return build_status({**record, "buildStatus": state, "phases": []}, region=REGION)
+
+    created = replica().start(status("IN_PROGRESS"))  # ...and this replica dies before recording it
+    adopted = replica().start(status("SUCCEEDED"))
+
+    assert adopted == created
+    assert [run["conclusion"] for run in github_api.check_runs.values()] == ["success"]
+    assert github_api.violations == []
