@@ -137,9 +137,19 @@ async def _fixed_rate(host: str, port: int, make: RequestFactory, rate: float, t
     async def one(number: int) -> None:
         scheduled = start + number / rate
         await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-        connection = idle.pop() if idle else _Connection(host, port)
+        reused = bool(idle)
+        connection = idle.pop() if reused else _Connection(host, port)
         try:
-            status = await connection.exchange(make(number))
+            try:
+                status = await connection.exchange(make(number))
+            except (OSError, ConnectionError, asyncio.IncompleteReadError):
+                if not reused:
+                    raise
+                # A kept-alive connection the server closed while it sat idle (gunicorn's keepalive
+                # timeout): an HTTP client sends again on a new connection, and so does this one.
+                connection.close()
+                connection = _Connection(host, port)
+                status = await connection.exchange(make(number))
         except (OSError, ConnectionError, asyncio.IncompleteReadError):
             result.errors += 1
             connection.close()
