@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -206,33 +206,28 @@ class CheckRunReporter:
 
     def _adopt(self, run: CheckRun, fields: Mapping[str, Any]) -> int:
         """Bring an existing run to `fields` (what start would have created) and report on it from now."""
-        self._edit(run, {key: value for key, value in fields.items() if key not in ("name", "head_sha")})
+        changes = {key: value for key, value in fields.items() if key not in ("name", "head_sha")}
+        self._edit(int(run.id), lambda: run.edit(**changes))
         log.info("check run %s of build %s taken over on %s", run.id, fields["external_id"], self.repository)
         return int(run.id)
 
-    def _edit(self, run: CheckRun, fields: Mapping[str, Any]) -> None:
+    def _edit(self, check_run_id: int, edit: Callable[[], object]) -> None:
+        """Run one check-run update, its failures told as this reporter tells them."""
         try:
-            run.edit(**fields)
-        except GithubException as error:
-            doing = f"updating check run {run.id} on {self.repository}"
-            hint = "only the App (or workflow token) that created a check run can update it; " + CHECKS_HINT
-            raise _reporter_error(error, doing, forbidden_hint=hint) from None
-        except requests.RequestException as error:
-            raise _network_error(error, f"updating check run {run.id} on {self.repository}") from None
-
-    def update(self, check_run_id: int, status: BuildStatus, event: SourceEvent | None = None) -> None:
-        del event  # a check run is addressed by its id alone; the argument keeps reporters alike
-        fields = _check_run_fields(status)
-        if status.build_id:
-            fields["external_id"] = status.build_id
-        try:
-            self._repo.get_check_run(check_run_id).edit(**fields)
+            edit()
         except GithubException as error:
             doing = f"updating check run {check_run_id} on {self.repository}"
             hint = "only the App (or workflow token) that created a check run can update it; " + CHECKS_HINT
             raise _reporter_error(error, doing, forbidden_hint=hint) from None
         except requests.RequestException as error:
             raise _network_error(error, f"updating check run {check_run_id} on {self.repository}") from None
+
+    def update(self, check_run_id: int, status: BuildStatus, event: SourceEvent | None = None) -> None:
+        del event  # a check run is addressed by its id alone; the argument keeps reporters alike
+        fields = _check_run_fields(status)
+        if status.build_id:
+            fields["external_id"] = status.build_id
+        self._edit(check_run_id, lambda: self._repo.get_check_run(check_run_id).edit(**fields))
 
 
 class CommitStatusReporter:
