@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from bridge import routing
@@ -69,7 +70,7 @@ class Services:
     builders: Mapping[str, Builder] = field(default_factory=dict)  # other builders by name (`local`)
     queue: DeliveryQueue | None = None  # None: the store's own pending rows (SQLite, one replica)
 
-    @property
+    @cached_property
     def delivery_queue(self) -> DeliveryQueue:
         return self.queue if self.queue is not None else LocalQueue(self.store)
 

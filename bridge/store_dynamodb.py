@@ -216,38 +216,38 @@ class DynamoStore:
         self, delivery_id: str, provider: str, event_name: str, route_name: str, event: SourceEvent
     ) -> bool:
         """Persist an accepted delivery. False: a replica saw this id before, so it must not build again."""
-        now = self._clock()
-        item = {
-            **_delivery_key(delivery_id),
-            "delivery_id": _s(delivery_id),
-            "provider": _s(provider),
-            "event_name": _s(event_name),
-            "received_at": _n(now),
-            "route_name": _s(route_name),
-            "event_json": _s(event_to_json(event)),
-            "state": _s("pending"),
-            "attempts": _n(0),
-            "next_attempt_at": _n(now),
-            TTL_ATTRIBUTE: _n(int(now + self._retention)),
-        }
+        item = self._delivery_item(
+            delivery_id,
+            provider,
+            event_name,
+            route_name=_s(route_name),
+            event_json=_s(event_to_json(event)),
+            state=_s("pending"),
+        )
         return self._put_new(item, "recording a delivery")
 
     def add_ignored(self, delivery_id: str, provider: str, event_name: str, reason: str) -> bool:
+        item = self._delivery_item(
+            delivery_id, provider, event_name, route_name=_s(""), state=_s("ignored"), last_error=_s(reason)
+        )
+        return self._put_new(item, "recording a delivery")
+
+    def _delivery_item(
+        self, delivery_id: str, provider: str, event_name: str, **fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A new delivery row: received now, due now, kept for the retention period."""
         now = self._clock()
-        item = {
+        return {
             **_delivery_key(delivery_id),
             "delivery_id": _s(delivery_id),
             "provider": _s(provider),
             "event_name": _s(event_name),
             "received_at": _n(now),
-            "route_name": _s(""),
-            "state": _s("ignored"),
             "attempts": _n(0),
             "next_attempt_at": _n(now),
-            "last_error": _s(reason),
             TTL_ATTRIBUTE: _n(int(now + self._retention)),
+            **fields,
         }
-        return self._put_new(item, "recording a delivery")
 
     def claim_delivery(self, delivery_id: str, *, lease_seconds: float = 60) -> PendingDelivery | None:
         now = self._clock()
