@@ -10,6 +10,7 @@ import argparse
 
 from flask import Flask, request
 
+from bridge.logs import configure_json_logging
 from bridge.server import BridgeServer, server_options
 
 
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
+    configure_json_logging()  # as `bridge serve` does: the same log records and formatter on both sides
     BridgeServer(bare_app, server_options(host=args.host, port=args.port, threads=args.threads)).run()
 
 
