@@ -87,12 +87,15 @@ class _SecretRefresher:
                 self._unreadable[name] = (tuple(refs), exc.message)
             raise
         except SignatureError:
+            self._readable(name)
+            raise
+        self._readable(name)
+        return result
+
+    def _readable(self, name: str) -> None:
+        if name in self._unreadable:  # the usual answer is no: then no lock on every delivery
             with self._lock:
                 self._unreadable.pop(name, None)
-            raise
-        with self._lock:
-            self._unreadable.pop(name, None)
-        return result
 
     def unreadable(self) -> list[str]:
         """Why deliveries would get 503 now: the secrets whose latest read failed (re-read, rate-limited)."""
@@ -103,7 +106,7 @@ class _SecretRefresher:
             error = last_error
             if self._may_refresh(f"readyz:{name}"):
                 try:
-                    self._services.secrets.get_all([str(ref) for ref in refs], key=name)
+                    self._services.secrets.get_all(refs, key=name)
                 except BridgeError as exc:
                     error = exc.message
                 else:
@@ -116,13 +119,13 @@ class _SecretRefresher:
     def _verify(self, name: str, refs: Sequence[SecretRef], check: Callable[[list[Secret]], T]) -> T:
         secrets = self._services.secrets
         try:
-            return check(secrets.get_all([str(ref) for ref in refs], key=name))
+            return check(secrets.get_all(refs, key=name))
         except SignatureError:
             if not refs or not self._may_refresh(name):
                 raise
         for ref in refs:
             secrets.invalidate(ref)
-        return check(secrets.get_all([str(ref) for ref in refs], key=name))
+        return check(secrets.get_all(refs, key=name))
 
     def _may_refresh(self, name: str) -> bool:
         now = self._services.monotonic()
@@ -399,8 +402,12 @@ def create_app(config: Config, services: Services, *, worker: Worker | None = No
 # -- request helpers --------------------------------------------------------------------------------
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
+
+
 def json_response(status: int, body: Mapping[str, Any]) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+    return Response(_COMPACT_JSON.encode(body), status=status, mimetype="application/json")
 
 
 def _http_status(exc: BridgeError) -> int:

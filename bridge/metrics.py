@@ -69,6 +69,8 @@ class Metrics:
             registry=self.registry,
         )
         self._store_collector: _StoreCollector | None = None
+        # labels() validates and locks on every call; a delivery's children are looked up once.
+        self._delivery_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def watch_store(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Expose the store's counts as the `bridge_store_items` gauge (once per registry)."""
@@ -77,8 +79,14 @@ class Metrics:
             self.registry.register(self._store_collector)
 
     def delivery(self, provider: str, event: str, outcome: str, seconds: float) -> None:
-        self.deliveries.labels(provider=provider, event=event or UNVERIFIED, outcome=outcome).inc()
-        self.ack_seconds.labels(provider=provider).observe(seconds)
+        key = (provider, event or UNVERIFIED, outcome)
+        children = self._delivery_children.get(key)
+        if children is None:  # two threads may both get here: labels() hands both the same children
+            children = (self.deliveries.labels(*key), self.ack_seconds.labels(provider))
+            self._delivery_children[key] = children
+        count, latency = children
+        count.inc()
+        latency.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -134,7 +134,7 @@ class SecretStore:
             return secret_string
         return _json_field(secret_string, parsed, key)
 
-    def get_all(self, refs: Sequence[str], *, key: str = "") -> list[Secret]:
+    def get_all(self, refs: Sequence[str | SecretRef], *, key: str = "") -> list[Secret]:
         """Several references under one config key (e.g. webhook secrets during a rotation)."""
         return [self.get(ref, key=f"{key}[{i}]" if key else "") for i, ref in enumerate(refs)]
 
