@@ -1,27 +1,32 @@
 """Webhook ack: signed GitHub push deliveries through `bridge serve` vs a bare Flask endpoint under
-the same gunicorn settings that only reads the body. Both servers run side by side in this one run.
+the same gunicorn settings that only reads the body. Both are measured in this one run, one server
+at a time, so neither takes CPU from the other while it is measured.
 
     python -m bench.ack [--seconds 10] [--connections 16] [--rate 200] [--total 3000]
 
 1. Latency at a fixed rate: `--total` requests at `--rate` req/s, timed from their scheduled send.
 2. Throughput: `--connections` keep-alive connections send back to back for `--seconds` (closed
-   loop) against each server in turn; the ratio is bridge / baseline.
+   loop); the ratio is bridge / baseline.
 3. Peak RSS (VmHWM) of the bridge's gunicorn worker process after both phases.
 
 Every bridge request is a real delivery: verified, parsed, routed, persisted to SQLite and answered
 202. The worker runs too, as in production: it starts each build on the CodeBuild double and posts
-commit statuses to the fake GitHub (both threads of this process, on the same machine).
+commit statuses to the fake GitHub (both threads of this process, on the same machine). How many
+builds it starts while the bridge is measured depends on how fast the double answers, and each
+StartBuild costs the bridge's process ~1.5 ms of CPU: `builds_started_by_the_worker` shows it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._load import closed_loop, fixed_rate
+from bench._load import Result, closed_loop, fixed_rate
 from bench._servers import (
     GITHUB_TOKEN,
     baseline_command,
@@ -44,38 +49,14 @@ def measure(*, seconds: float, connections: int, rate: float, total: int) -> dic
         workdir = Path(tmp)
         config = workdir / "bridge.toml"
         config.write_text(bench_config(workdir, github.url))
-        bridge_port, baseline_port = free_port(), free_port()
         env = server_env(double.url)
-        with (
-            running("bridge", bridge_command(config, bridge_port), workdir, bridge_port, env=env) as bridge,
-            running("baseline", baseline_command(baseline_port), workdir, baseline_port) as baseline,
-        ):
-            # Warm both up gently (lazy imports, first SQLite pages) without leaving the worker a backlog.
-            for port in (bridge_port, baseline_port):
-                fixed_rate("127.0.0.1", port, signed_push("warm", port), rate=50, total=50)
-            # Latency first, on an empty store and an idle worker; then the saturating closed loop.
-            base_rate = fixed_rate(
-                "127.0.0.1", baseline_port, signed_push("rate", baseline_port), rate=rate, total=total
-            )
-            bridge_rate = fixed_rate(
-                "127.0.0.1", bridge_port, signed_push("rate", bridge_port), rate=rate, total=total
-            )
-            base_tp = closed_loop(
-                "127.0.0.1",
-                baseline_port,
-                signed_push("tp", baseline_port),
-                connections=connections,
-                seconds=seconds,
-            )
-            bridge_tp = closed_loop(
-                "127.0.0.1",
-                bridge_port,
-                signed_push("tp", bridge_port),
-                connections=connections,
-                seconds=seconds,
-            )
-            peak_rss = bridge.peak_rss_mb()
-            baseline_rss = baseline.peak_rss_mb()
+        # One server at a time: a server left running beside the other (the bridge's worker still
+        # starting the builds of the latency phase) would take CPU from the one being measured.
+        load = functools.partial(
+            _phases, workdir=workdir, rate=rate, total=total, connections=connections, seconds=seconds
+        )
+        base_rate, base_tp, baseline_rss = load("baseline", baseline_command, env=None)
+        bridge_rate, bridge_tp, peak_rss = load("bridge", lambda port: bridge_command(config, port), env=env)
     double.stop()
     github.stop()
     return {
@@ -88,6 +69,29 @@ def measure(*, seconds: float, connections: int, rate: float, total: int) -> dic
         "fixed_rate": {"rate_rps": rate, "baseline": base_rate.summary(), "bridge": bridge_rate.summary()},
         "peak_rss_mb": {"bridge_worker": round(peak_rss, 1), "baseline_worker": round(baseline_rss, 1)},
     }
+
+
+def _phases(
+    name: str,
+    command: Callable[[int], list[str]],
+    *,
+    workdir: Path,
+    env: dict[str, str] | None,
+    rate: float,
+    total: int,
+    connections: int,
+    seconds: float,
+) -> tuple[Result, Result, float]:
+    """Warm-up, latency at a fixed rate, then the saturating closed loop, against one fresh server."""
+    port = free_port()
+    with running(name, command(port), workdir, port, env=env) as server:
+        # Gently (lazy imports, first SQLite pages), without leaving the worker a backlog.
+        fixed_rate("127.0.0.1", port, signed_push("warm", port), rate=50, total=50)
+        latency = fixed_rate("127.0.0.1", port, signed_push("rate", port), rate=rate, total=total)
+        throughput = closed_loop(
+            "127.0.0.1", port, signed_push("tp", port), connections=connections, seconds=seconds
+        )
+        return latency, throughput, server.peak_rss_mb()
 
 
 def report(figures: dict[str, Any]) -> str:
