@@ -178,6 +178,10 @@ class StateStore(Protocol):
 
     def add_ignored(self, delivery_id: str, provider: str, event_name: str, reason: str) -> bool: ...
 
+    def release_claims(self) -> int:
+        """At start-up: make the claims of a process that died due now; how many were released."""
+        ...
+
     def claim_pending(self, limit: int = 10, *, lease_seconds: float = 60) -> list[PendingDelivery]: ...
 
     def claim_delivery(self, delivery_id: str, *, lease_seconds: float = 60) -> PendingDelivery | None:

@@ -643,5 +643,9 @@ class DynamoStore:
             return False
         return True
 
+    def release_claims(self) -> int:
+        """Nothing to release: the table is shared, so a claim held now may be a live replica's."""
+        return 0
+
     def close(self) -> None:
         return None

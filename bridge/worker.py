@@ -242,9 +242,7 @@ class Worker:
             return
         # A single-process store (SQLite) releases the claims of the process that died before us;
         # a shared store (DynamoDB) keeps them, since they may belong to a live replica.
-        release_claims = getattr(self._services.store, "release_claims", None)
-        if callable(release_claims):
-            release_claims()
+        self._services.store.release_claims()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="bridge-worker", daemon=True)
         self._thread.start()

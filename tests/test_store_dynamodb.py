@@ -374,6 +374,19 @@ def test_claim_pending_returns_due_deliveries_once(any_store: StateStore, clock:
     assert any_store.claim_pending(10, lease_seconds=60) == []
 
 
+def test_a_starting_replica_leaves_the_claims_of_the_live_ones_alone(
+    dynamo: DynamoStore, dynamodb_url: str, table: str, clock: Clock
+) -> None:
+    """SQLite releases a dead process's claims at start-up; on a shared table they may be a live replica's."""
+    add(dynamo, "d-1")
+    assert [item.delivery_id for item in dynamo.claim_pending(10, lease_seconds=60)] == ["d-1"]
+    starting = replica(dynamodb_url, table, clock)
+
+    assert starting.release_claims() == 0
+
+    assert starting.claim_pending(10, lease_seconds=60) == []  # still the first replica's
+
+
 def test_mark_started_records_the_build_once(any_store: StateStore, clock: Clock) -> None:
     add(any_store, "d-1")
     assert any_store.mark_started("d-1", "proj:b1") is True
