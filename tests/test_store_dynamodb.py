@@ -544,9 +544,9 @@ def test_a_dead_replicas_builds_are_taken_over_when_its_lease_expires(
     assert dead.lock_build("proj:b1", "dead", lease_seconds=60) is None
 
 
-def test_concurrent_claims_split_builds_without_overlap(dynamodb_url: str, table: str, clock: Clock) -> None:
-    replicas = [replica(dynamodb_url, table, clock) for _ in range(3)]
-    for index in range(30):
+def _claim_builds_at_once(replicas: list[DynamoStore], *, builds: int) -> list[str]:
+    """Start `builds` builds through the first replica, then let every replica claim at the same moment."""
+    for index in range(builds):
         add(replicas[0], f"d-{index}")
         replicas[0].mark_started(f"d-{index}", f"proj:b{index}")
     results: dict[int, list[str]] = {}
@@ -554,15 +554,20 @@ def test_concurrent_claims_split_builds_without_overlap(dynamodb_url: str, table
 
     def claim(index: int, store: DynamoStore) -> None:
         barrier.wait()
-        builds = store.claim_builds(f"r{index}", lease_seconds=5, poll_interval=15)
-        results[index] = [build.build_id for build in builds]
+        claimed = store.claim_builds(f"r{index}", lease_seconds=5, poll_interval=15)
+        results[index] = [build.build_id for build in claimed]
 
     threads = [threading.Thread(target=claim, args=pair) for pair in enumerate(replicas)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    claimed = [build_id for ids in results.values() for build_id in ids]
+    return [build_id for ids in results.values() for build_id in ids]
+
+
+def test_concurrent_claims_split_builds_without_overlap(dynamodb_url: str, table: str, clock: Clock) -> None:
+    replicas = [replica(dynamodb_url, table, clock) for _ in range(3)]
+    claimed = _claim_builds_at_once(replicas, builds=30)
     assert sorted(claimed) == sorted(f"proj:b{index}" for index in range(30))  # all, none twice
 
 
@@ -647,24 +652,7 @@ def test_overlapping_claims_do_not_each_try_every_build(
         name = f"bridge-{uuid.uuid4().hex[:8]}"
         create_table(dynamodb_client(server.url), name)
         replicas = [replica(server.url, name, clock) for _ in range(replica_count)]
-        for index in range(60):
-            add(replicas[0], f"d-{index}")
-            replicas[0].mark_started(f"d-{index}", f"proj:b{index}")
-        results: dict[int, list[str]] = {}
-        barrier = threading.Barrier(replica_count)
-
-        def claim(index: int, store: DynamoStore) -> None:
-            barrier.wait()
-            results[index] = [
-                build.build_id for build in store.claim_builds(f"r{index}", lease_seconds=5, poll_interval=15)
-            ]
-
-        threads = [threading.Thread(target=claim, args=pair) for pair in enumerate(replicas)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        claimed = [build_id for ids in results.values() for build_id in ids]
+        claimed = _claim_builds_at_once(replicas, builds=60)
         assert sorted(claimed) == sorted(f"proj:b{index}" for index in range(60))  # all, none twice
         assert server.stats()["UpdateItem SET poll_at"].count <= 60 + replica_count
     finally:
