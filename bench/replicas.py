@@ -2,7 +2,7 @@
 exactly-once check at scale: the long profile of tests/e2e/test_replicas.py.
 
     python -m bench.replicas [--deliveries 1000] [--replicas 1,2,3] [--no-kill]
-                             [--poll-interval 5] [--transactions item-undo|moto]
+                             [--poll-interval 5] [--transactions item-undo|moto] [--operations]
 
 For each fleet size: a fresh table and queue (with a dead-letter queue), N real `bridge serve`
 processes, then signed GitLab push deliveries (each its own commit) sent round-robin by 16 client
@@ -19,12 +19,13 @@ the dead-letter queue empty.
 
 Every AWS call lands on moto, in two processes of their own (DynamoDB, with requests applied one at
 a time as DynamoDB applies each item write atomically; SQS and CloudWatch Logs), which count and
-time each operation: the table after each run says where the time went. moto's TransactWriteItems
-copies the whole table before it applies anything, so its cost grows with the table (~0.17 ms per
-item); `--transactions item-undo` (the default) applies transactions in the test proxy with
-per-item undo instead, so that the figures measure the bridge rather than that copy; `moto` keeps
-moto's own. Absolute figures measure this machine and moto; the ratio between fleet sizes is what
-carries over. BENCH_KEEP=1 keeps the replicas' logs and BENCH_LOG_LEVEL=INFO makes them say more.
+time each operation: the table after each run (`--operations`) says where the time went. moto's
+TransactWriteItems copies the whole table before it applies anything, so its cost grows with the
+table (~0.17 ms per item); `--transactions item-undo` (the default) applies transactions in the test
+proxy with per-item undo instead, so that the figures measure the bridge rather than that copy;
+`moto` keeps moto's own. Absolute figures measure this machine and moto; the ratio between fleet
+sizes is what carries over. BENCH_KEEP=1 keeps the replicas' logs and BENCH_LOG_LEVEL=INFO makes
+them say more.
 """
 
 from __future__ import annotations
