@@ -9,10 +9,10 @@ Exactly-once, step by step:
   crash between StartBuild and `mark_started` is harmless: the re-claimed delivery calls StartBuild
   again within CodeBuild's 5-minute token window and gets the same build back.
 - Once `mark_started` records the build, the delivery is never started again; from then on only its
-  build is tracked. The first status is posted after that (in a burst, once every claimed build
-  has started: GitHub writes are spaced a second apart, builds need not be), and a status that
-  could not be posted is posted by the tracker later (a report is never the reason to start a build
-  twice).
+  build is tracked. The first status is posted after that (in a burst, once the claimed builds
+  have started: GitHub writes are spaced a second apart, builds need not be; a delivery accepted
+  while they are posted starts before the next one), and a status that could not be posted is
+  posted by the tracker later (a report is never the reason to start a build twice).
 - Build states come from two paths, the batched poll and EventBridge events via SNS. Either alone
   finishes every status; both together change nothing twice, because a state is reported only when
   it differs from the last reported one and never moves backwards.
@@ -335,16 +335,19 @@ class Worker:
     # -- (a) pending deliveries → builds -------------------------------------------------------
 
     def drain_pending(self, *, wait_seconds: float = 0.0) -> int:
-        """Start every claimable delivery, then post the started builds' first statuses.
+        """Start every claimable delivery and post the started builds' first statuses.
 
         Starting comes first because GitHub writes are spaced a second apart (PyGithub, against
         secondary rate limits): reporting each build before starting the next held the 50th build
-        of a burst ~50 s. A long stream still reports every half lease, so first statuses (and the
-        leases held for them) never wait on an endless queue. Returns how many builds started.
+        of a burst ~50 s. The queue is looked at again before each first status, so a delivery
+        accepted while a burst's statuses go out starts within one write, not after all of them
+        (after a 50-build burst the next delivery waited ~50 s). A long stream posts one first
+        status per batch it starts once the oldest lease is half gone, so neither side waits on
+        the other for long. Returns how many builds started.
 
         `wait_seconds`: how long the first take may wait for work (queues that long-poll only).
         """
-        unreported: list[_Started] = []
+        unreported: deque[_Started] = deque()
         started = 0
         try:
             while not self._stop.is_set():
@@ -352,8 +355,6 @@ class Worker:
                     CLAIM_BATCH, lease_seconds=self._lease_seconds, wait_seconds=wait_seconds
                 )
                 wait_seconds = 0.0
-                if not batch:
-                    break
                 for job in batch:
                     if self._stop.is_set():
                         break  # the rest stay claimed until their lease ends; nothing was started
@@ -361,11 +362,13 @@ class Worker:
                     if build is not None:
                         started += 1
                         unreported.append(build)
-                if unreported and self._lease_age(unreported[0]) >= self._lease_seconds / 2:
-                    self._report_started(unreported)
-                    unreported = []
-                if len(batch) < CLAIM_BATCH and not self._queue.long_polls:
-                    break
+                drained = not batch or (len(batch) < CLAIM_BATCH and not self._queue.long_polls)
+                if not unreported:
+                    if drained:
+                        break
+                    continue
+                if drained or self._lease_age(unreported[0]) >= self._lease_seconds / 2:
+                    self._report_next(unreported)
         finally:
             self._report_started(unreported)
         return started
@@ -432,40 +435,48 @@ class Worker:
         log.info("build started", extra={**extra, "build_id": build_id})
         return _Started(build_id, event, route_name, status, leased_at=leased_at)
 
-    def _report_started(self, started: list[_Started]) -> None:
-        """Post each started build's first status, in start order, under the lease mark_started took.
-
-        The leases are renewed at half their length while the spaced writes go out, so no other
-        replica posts a first status meanwhile; each is released once its status is posted. A build
-        whose first status someone else posted (an event applied by this process, or a replica after
-        a lost lease) is skipped. On stop, or on an error, the rest are released unreported:
-        tracking posts their status, as for any report that failed.
+    def _report_started(self, waiting: deque[_Started]) -> None:
+        """Post the first status of every build still waiting, in start order; on stop, or on an
+        error, release the rest unreported: tracking posts their status, as for any report that
+        failed.
         """
-        store = self._services.store
-        waiting = deque(started)
         try:
             while waiting and not self._stop.is_set():
-                self._renew_leases(waiting)
-                if not waiting:
-                    break
-                build = waiting.popleft()
-                try:
-                    with self._lock:
-                        tracked = store.get_build(build.build_id)
-                        if tracked is None or tracked.done or tracked.last_reported_state is not None:
-                            continue  # already reported: nothing to post twice
-                        self._report(
-                            build.build_id,
-                            build.event,
-                            build.route_name,
-                            build.status,
-                            reporter_ref=tracked.reporter_ref,
-                            last_key=None,
-                        )
-                finally:
-                    store.release_build(build.build_id, self._owner)
+                self._report_next(waiting)
         finally:
-            for build in waiting:
+            store = self._services.store
+            while waiting:
+                store.release_build(waiting.popleft().build_id, self._owner)
+
+    def _report_next(self, waiting: deque[_Started]) -> None:
+        """Post the next waiting build's first status, under the lease mark_started took.
+
+        The leases of the builds still waiting are renewed at half their length first, so no other
+        replica posts a first status meanwhile; each is released once its status is posted. A build
+        whose first status someone else posted (an event applied by this process, or a replica after
+        a lost lease) is skipped without a write, and the next one is posted instead.
+        """
+        store = self._services.store
+        while waiting and not self._stop.is_set():
+            self._renew_leases(waiting)
+            if not waiting:
+                return
+            build = waiting.popleft()
+            try:
+                with self._lock:
+                    tracked = store.get_build(build.build_id)
+                    if tracked is None or tracked.done or tracked.last_reported_state is not None:
+                        continue  # already reported: nothing to post twice
+                    self._report(
+                        build.build_id,
+                        build.event,
+                        build.route_name,
+                        build.status,
+                        reporter_ref=tracked.reporter_ref,
+                        last_key=None,
+                    )
+                    return
+            finally:
                 store.release_build(build.build_id, self._owner)
 
     def _renew_leases(self, waiting: deque[_Started]) -> None:

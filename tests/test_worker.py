@@ -450,6 +450,33 @@ class StopsAfterStarts:
         return self.inner.log_tail(build)
 
 
+def test_a_delivery_accepted_while_a_burst_reports_starts_before_the_next_first_status(rig: Rig) -> None:
+    """The spaced first statuses of a burst (a second each on GitHub) must not hold up a delivery
+    accepted meanwhile: it starts before the burst's second status goes out, not after all of them."""
+    starts_seen: list[int] = []
+    event = github_push()
+
+    def count_starts_and_accept_one_more() -> None:
+        starts_seen.append(len(rig.double.calls("StartBuild")))
+        if len(starts_seen) == 1:
+            rig.enqueue(event, "late")
+
+    reporters = RecordingReporters(on_start=count_starts_and_accept_one_more)
+    worker = Worker(replace(rig.services, reporters=reporters), sleep_rand=lambda: 0.0)
+    for n in range(BURST):
+        rig.enqueue(event, f"early-{n}")
+
+    assert worker.drain_pending() == BURST + 1
+
+    assert starts_seen[:2] == [BURST, BURST + 1]
+    late = rig.services.store.get_delivery("late")
+    assert late is not None
+    assert late.build_id is not None
+    tracked = {b.build_id for b in rig.services.store.active_builds()}
+    assert sorted(reporters.started) == sorted(tracked)  # every build, the late one too: one status each
+    assert len(tracked) == BURST + 1
+
+
 @pytest.mark.parametrize("stop_during", ["starts", "first statuses"])
 def test_stop_during_a_burst_starts_nothing_more_and_loses_no_build(rig: Rig, stop_during: str) -> None:
     """Stopping mid-burst: no StartBuild after the stop, every started build recorded, and the first
