@@ -41,6 +41,8 @@ from botocore.validate import ParamValidator
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.fakes.quiet import QuietRequestHandler
+
 if TYPE_CHECKING:
     from mypy_boto3_logs import CloudWatchLogsClient
     from mypy_boto3_logs.type_defs import InputLogEventTypeDef
@@ -683,7 +685,9 @@ class CodeBuildDouble:
         return f"http://127.0.0.1:{self._server.server_port}"
 
     def start(self) -> CodeBuildDouble:
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
+        self._server = make_server(
+            "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=QuietRequestHandler
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},

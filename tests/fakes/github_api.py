@@ -33,8 +33,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, Response, g, request
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 
+from tests.fakes.quiet import QuietRequestHandler
 from tests.fixtures import GITHUB_OPENAPI
 
 # (method, OpenAPI path template) of every operation the fake serves.
@@ -220,13 +221,6 @@ class _Identity:
 _ALL_PERMISSIONS: Final = {"checks": "write", "statuses": "write", "metadata": "read"}
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """The fake records requests itself; werkzeug's access log would only clutter test output."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
 class FakeGitHub:
     """One fake API server on 127.0.0.1 and a free port; start(), then stop() at teardown."""
 
@@ -296,7 +290,9 @@ class FakeGitHub:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> FakeGitHub:
-        self._server = make_server("127.0.0.1", 0, self.app, threaded=True, request_handler=_QuietHandler)
+        self._server = make_server(
+            "127.0.0.1", 0, self.app, threaded=True, request_handler=QuietRequestHandler
+        )
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-github", daemon=True
         )

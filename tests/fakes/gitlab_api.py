@@ -22,6 +22,8 @@ from urllib.parse import unquote, urlsplit
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from tests.fakes.quiet import QuietRequestHandler
+
 STATES: Final = ("pending", "running", "success", "failed", "canceled", "skipped")
 MAX_FIELD_LENGTH: Final = 255
 _STRING_PARAMS: Final = ("ref", "target_url", "description", "name", "context")
@@ -89,7 +91,9 @@ class FakeGitLab:
     # -- control ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self._server = make_server(
+            "127.0.0.1", 0, self.app, threaded=True, request_handler=QuietRequestHandler
+        )
         self._port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
