@@ -59,6 +59,7 @@ class ServerSettings:
     poll_interval_seconds: int = 15
     state_path: Path = Path("bridge.sqlite3")
     threads: int = 8
+    max_build_starts_per_second: int = 10
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,16 @@ _SERVER_KEYS = (
         default="bridge.sqlite3",
     ),
     _Key("threads", "integer", "gunicorn threads serving webhooks.", default=8, minimum=1, maximum=64),
+    _Key(
+        "max_build_starts_per_second",
+        "integer",
+        "How many StartBuild calls the worker makes a second at most (as many at once), per replica."
+        " Each costs the server CPU the webhook acks share; CodeBuild runs 20 to 60 builds at once by"
+        " default, so a higher rate mostly earns AccountLimitExceededException retries.",
+        default=10,
+        minimum=1,
+        maximum=1000,
+    ),
 )
 
 _AWS_KEYS = (
@@ -976,6 +987,7 @@ class _Reader:
             poll_interval_seconds=values["poll_interval_seconds"],
             state_path=state_path if state_path.is_absolute() else base_dir / state_path,
             threads=values["threads"],
+            max_build_starts_per_second=values["max_build_starts_per_second"],
         )
 
     def aws(self, raw: object) -> AwsSettings:

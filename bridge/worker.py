@@ -43,6 +43,7 @@ from typing import Any, Final
 from bridge.builders.base import Builder
 from bridge.errors import BridgeError, BuilderError, CredentialsError, SecretError
 from bridge.model import BuildRecord, BuildStatus, SourceEvent
+from bridge.pace import Pacer
 from bridge.plan import plan_build
 from bridge.poll import Backoff
 from bridge.queue import Job
@@ -213,7 +214,10 @@ class Worker:
         max_attempts: int = MAX_ATTEMPTS,
         phase_report_interval: float = PHASE_REPORT_INTERVAL_SECONDS,
         sleep_rand: Callable[[], float] = random.random,
+        starts_per_second: float | None = None,
     ) -> None:
+        """`starts_per_second`: StartBuild pacing (bridge.pace); None: the config's
+        `server.max_build_starts_per_second`."""
         self._services = services
         interval = poll_interval if poll_interval is not None else services.poll_interval
         self._backoff = Backoff(interval, cap=max(interval * 8, 60.0))
@@ -234,6 +238,8 @@ class Worker:
         self._next_poll = 0.0
         self._claimed_at = 0.0  # when track_builds last claimed its builds
         self._written: dict[str, float] = {}  # build id → when this process last recorded a report
+        # Real time, not services.monotonic: the pacer's waits are real (on the stop event).
+        self._pacer = Pacer(starts_per_second or services.config.server.max_build_starts_per_second)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -356,6 +362,9 @@ class Worker:
                 )
                 wait_seconds = 0.0
                 for job in batch:
+                    delay = self._pacer.delay()
+                    if delay:
+                        self._stop.wait(delay)
                     if self._stop.is_set():
                         break  # the rest stay claimed until their lease ends; nothing was started
                     build = self._start_one(job)

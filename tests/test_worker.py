@@ -5,6 +5,7 @@ retries, and resuming from the store after a restart.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -475,6 +476,42 @@ def test_a_delivery_accepted_while_a_burst_reports_starts_before_the_next_first_
     tracked = {b.build_id for b in rig.services.store.active_builds()}
     assert sorted(reporters.started) == sorted(tracked)  # every build, the late one too: one status each
     assert len(tracked) == BURST + 1
+
+
+def test_starts_are_paced_past_the_burst_allowance(rig: Rig) -> None:
+    """`server.max_build_starts_per_second`: the first `rate` starts go at once, the rest 1/rate apart."""
+    reporters = RecordingReporters()
+    worker = Worker(replace(rig.services, reporters=reporters), sleep_rand=lambda: 0.0, starts_per_second=10)
+    event = github_push()
+    for n in range(25):
+        rig.enqueue(event, f"paced-{n}")
+
+    began = time.monotonic()
+    assert worker.drain_pending() == 25
+    elapsed = time.monotonic() - began
+
+    assert len(rig.double.calls("StartBuild")) == 25
+    assert elapsed >= 15 / 10 * 0.9  # 15 starts past the allowance of 10, a tenth of a second apart
+    assert len(reporters.started) == 25
+
+
+def test_stopping_interrupts_a_paced_wait(rig: Rig) -> None:
+    """A shutdown is never held up by pacing: the wait is on the stop event, and nothing more starts."""
+    worker = Worker(replace(rig.services, reporters=RecordingReporters()), starts_per_second=1)
+    event = github_push()
+    for n in range(3):
+        rig.enqueue(event, f"stopped-{n}")
+    stopper = threading.Timer(0.3, worker.stop)
+    stopper.start()
+
+    began = time.monotonic()
+    started = worker.drain_pending()
+    elapsed = time.monotonic() - began
+    stopper.join()
+
+    assert started == 1  # the allowance of one; the second would have waited a whole second
+    assert len(rig.double.calls("StartBuild")) == 1
+    assert elapsed < 0.9
 
 
 @pytest.mark.parametrize("stop_during", ["starts", "first statuses"])
