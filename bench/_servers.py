@@ -86,6 +86,14 @@ class Process:
         children = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children")
         return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the worker processes have used so far (what a request costs the server)."""
+        ticks = 0
+        for pid in self.worker_pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (proc(5) fields 14 and 15)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self) -> float:
         """VmHWM (peak resident set) of the worker process, in MB."""
         peaks = []

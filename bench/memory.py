@@ -26,11 +26,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200)
     args = parser.parse_args()
     figures = measure(
-        seconds=args.seconds, connections=16, rate=args.rate, total=int(args.rate * args.seconds)
+        rounds=1, seconds=args.seconds, connections=16, rate=args.rate, total=int(args.rate * args.seconds)
     )
     rss = figures["peak_rss_mb"]
     deliveries = sum(figures["fixed_rate"]["bridge"]["statuses"].values()) + sum(
-        figures["throughput"]["bridge"]["statuses"].values()
+        bridge_round["bridge_requests"] for bridge_round in figures["rounds"]
     )
     print(
         json.dumps(

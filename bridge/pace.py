@@ -2,8 +2,9 @@
 
 Why pace at all: the build starts share one process with the webhook acks, and each StartBuild
 costs ~4 ms of botocore CPU there (signing, user agent, parsing; measured in docs/performance.md).
-Unpaced, a worker keeping up with 200 deliveries a second took the acks' p99 at that rate from
-~5 ms to ~80 ms. Nothing is gained by starting faster than an account can run builds anyway:
+Unpaced, a worker keeping up with 200 deliveries a second saturated that process: the acks' p99 at
+that rate was 24-78 ms, and 16 ms paced at 10 a second. Nothing is gained by starting faster than
+an account can run builds anyway:
 CodeBuild's default quota is 20 to 60 concurrently running builds a region, with a queue of five
 times that, so 10 starts a second fill a whole account's capacity in about half a minute.
 
