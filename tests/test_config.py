@@ -137,6 +137,11 @@ def test_a_file_without_routes_is_valid_and_uses_defaults(tmp_path: Path) -> Non
     assert config.sns.topic_arns == ()
 
 
+def test_the_build_start_rate_is_read_and_defaults_to_ten() -> None:
+    assert parse("").server.max_build_starts_per_second == 10
+    assert parse("[server]\nmax_build_starts_per_second = 40\n").server.max_build_starts_per_second == 40
+
+
 def test_an_absolute_state_path_is_kept() -> None:
     config = parse('[server]\nstate_path = "/var/lib/bridge/state.db"\n')
     assert config.server.state_path == Path("/var/lib/bridge/state.db")
@@ -235,6 +240,16 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ("poll interval too short", "[server]\npoll_interval_seconds = 0\n", "server.poll_interval_seconds"),
     ("body limit not a number", '[server]\nmax_body_bytes = "big"\n', "server.max_body_bytes"),
     ("threads is a boolean", "[server]\nthreads = true\n", "server.threads"),
+    (
+        "no build starts at all",
+        "[server]\nmax_build_starts_per_second = 0\n",
+        "server.max_build_starts_per_second",
+    ),
+    (
+        "fractional start rate",
+        "[server]\nmax_build_starts_per_second = 2.5\n",
+        "server.max_build_starts_per_second",
+    ),
     ("public url over http", '[server]\npublic_url = "http://bridge.example.com"\n', "server.public_url"),
     (
         "url with credentials",

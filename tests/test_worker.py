@@ -495,6 +495,21 @@ def test_starts_are_paced_past_the_burst_allowance(rig: Rig) -> None:
     assert len(reporters.started) == 25
 
 
+def test_the_configured_start_rate_paces_the_worker(rig: Rig) -> None:
+    """Without an explicit rate the worker takes `[server] max_build_starts_per_second`."""
+    slow = replace(rig.config, server=replace(rig.config.server, max_build_starts_per_second=2))
+    worker = Worker(
+        replace(rig.services, config=slow, reporters=RecordingReporters()), sleep_rand=lambda: 0.0
+    )
+    event = github_push()
+    for n in range(4):
+        rig.enqueue(event, f"configured-{n}")
+
+    began = time.monotonic()
+    assert worker.drain_pending() == 4
+    assert time.monotonic() - began >= 2 / 2 * 0.9  # two at once, then two half a second apart
+
+
 def test_stopping_interrupts_a_paced_wait(rig: Rig) -> None:
     """A shutdown is never held up by pacing: the wait is on the stop event, and nothing more starts."""
     worker = Worker(replace(rig.services, reporters=RecordingReporters()), starts_per_second=1)
