@@ -597,28 +597,27 @@ class Worker:
     def _apply_held(self, record: BuildRecord, *, claimed: TrackedBuild | None = None) -> bool:
         """apply_record's work, for a build whose lease this worker holds.
 
-        `claimed` is the row as this cycle's claim returned it; it is used as is while the claim is
-        young and nothing in this process wrote the build since. Otherwise the lease is renewed and
-        the row re-read: a slow cycle may have outlived the lease (then another replica may be
-        reporting on this build, and it is left to that one), or an event was applied meanwhile.
+        `claimed` is the row as this cycle's claim returned it. A record with nothing new for that
+        row is dropped without a store call: states only move forward, so it has nothing new for
+        any fresher row either, and a slow cycle no longer renews the lease of every quiet build (a
+        conditional write each on DynamoDB). The row is used as is while the claim is young and
+        nothing in this process wrote the build since; otherwise the lease is renewed and the row
+        re-read: a slow cycle may have outlived the lease (then another replica may be reporting on
+        this build, and it is left to that one), or an event was applied meanwhile.
         """
         build_id = str(record.get("id") or "")
+        status = build_status(record, region=region_of_build(record, self._services.region))
         with self._lock:
+            if claimed is not None and not self._is_news(status, claimed):
+                return False
             if claimed is not None and self._claim_is_fresh(build_id):
                 tracked: TrackedBuild | None = claimed
             else:
                 tracked = self._services.store.lock_build(
                     build_id, self._owner, lease_seconds=self._lease_seconds
                 )
-            if tracked is None or tracked.done:
+            if tracked is None or not self._is_news(status, tracked):
                 return False
-            status = build_status(record, region=region_of_build(record, self._services.region))
-            last_key: str | None = tracked.last_reported_state
-            key = state_key(status)
-            if key == last_key or _rank(key) < _rank(last_key):
-                return False  # nothing new, or an older state arriving late
-            if _rank(key) == _rank(last_key) and not status.done and self._reported_recently(build_id):
-                return False  # only the phase moved, and the commit was updated a moment ago
             if status.done and status.conclusion != "success":
                 status = self._with_log_tail(record, status)
             return self._report(
@@ -627,8 +626,19 @@ class Worker:
                 tracked.route_name,
                 status,
                 reporter_ref=tracked.reporter_ref,
-                last_key=last_key,
+                last_key=tracked.last_reported_state,
             )
+
+    def _is_news(self, status: BuildStatus, tracked: TrackedBuild) -> bool:
+        """Whether `status` is worth posting over what `tracked` says was posted last."""
+        if tracked.done:
+            return False
+        last_key = tracked.last_reported_state
+        key = state_key(status)
+        if key == last_key or _rank(key) < _rank(last_key):
+            return False  # nothing new, or an older state arriving late
+        # Only the phase moved, and the commit was updated a moment ago: not worth a write.
+        return _rank(key) != _rank(last_key) or status.done or not self._reported_recently(tracked.build_id)
 
     def _report(
         self,

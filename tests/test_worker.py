@@ -24,8 +24,17 @@ from bridge.plan import plan_build
 from bridge.secrets import SecretStore
 from bridge.services import ProviderReporters, ReporterFactory, Services, StatusReporter
 from bridge.status import build_status
+from bridge.store import SqliteStore, TrackedBuild
 from bridge.store_dynamodb import DynamoStore, create_table
-from bridge.worker import Worker, idempotency_seed, record_from_event, retry_delay, state_key
+from bridge.worker import (
+    PHASE_REPORT_INTERVAL_SECONDS,
+    POLL_LEASE_SECONDS,
+    Worker,
+    idempotency_seed,
+    record_from_event,
+    retry_delay,
+    state_key,
+)
 from tests.e2e.support import (
     GITHUB_PROJECT,
     GITLAB_PROJECT,
@@ -283,6 +292,69 @@ def test_phase_changes_are_reported_when_time_allows(
     assert statuses[-1] == "PATCH completed"
     assert statuses.count("PATCH in_progress") >= 6  # PROVISIONING, DOWNLOAD_SOURCE, ..., FINALIZING
     eager.services.store.close()
+
+
+class LockCountingStore(SqliteStore):
+    """The real store, counting lock_build: a conditional write per call on DynamoDB."""
+
+    locks = 0
+
+    def lock_build(self, build_id: str, owner: str, *, lease_seconds: float) -> TrackedBuild | None:
+        self.locks += 1
+        return super().lock_build(build_id, owner, lease_seconds=lease_seconds)
+
+
+@dataclass
+class SlowPolls:
+    """The real builder, whose batched read takes `seconds` of the test's clock (a slow cycle)."""
+
+    inner: Builder
+    clock: Clock
+    seconds: float = 0.0
+    name: str = "codebuild"
+
+    def start(self, request: BuildRequest) -> BuildRecord:
+        return self.inner.start(request)
+
+    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
+        self.clock.advance(self.seconds)
+        return self.inner.get_many(build_ids)
+
+    def stop(self, build_id: str) -> BuildRecord:
+        return self.inner.stop(build_id)
+
+    def log_tail(self, build: BuildRecord) -> LogTail:
+        return self.inner.log_tail(build)
+
+
+def test_a_slow_poll_renews_no_lease_of_a_build_with_nothing_new(rig: Rig) -> None:
+    """A cycle slower than half the poll lease re-takes a build's lease only to post something: a
+    quiet build costs no store write (on DynamoDB each renewal is a conditional write)."""
+    store = LockCountingStore(rig.config.server.state_path, clock=rig.clock)
+    builder = SlowPolls(rig.services.builder, rig.clock)
+    reporters = RecordingReporters()
+    services = replace(rig.services, store=store, builder=builder, reporters=reporters)
+    worker = Worker(services, sleep_rand=lambda: 0.0)
+    for n in range(3):
+        rig.enqueue(github_push(), f"quiet-{n}")
+    assert worker.drain_pending() == 3
+    rig.clock.advance(1)
+    assert worker.track_builds() == 0  # still queued (the double's QUEUED phase): nothing to post
+    rig.clock.advance(1)
+    assert worker.track_builds() == 3  # queued → in progress: posted
+    builder.seconds = POLL_LEASE_SECONDS  # from here on each cycle outlives half the poll lease
+    store.locks = 0
+
+    polls = len(rig.double.calls("BatchGetBuilds"))
+    rig.clock.advance(1)
+    assert worker.track_builds() == 0  # only the phase moved, and the commits were updated just now
+    assert len(rig.double.calls("BatchGetBuilds")) == polls + 1
+    assert store.locks == 0
+
+    rig.clock.advance(PHASE_REPORT_INTERVAL_SECONDS)  # now the phase is worth an update again
+    assert worker.track_builds() == 3
+    assert store.locks == 3  # each lease re-taken (the claim was stale) before its update went out
+    assert len(reporters.updated) == 6
 
 
 def test_failed_build_reports_the_end_of_its_log(rig: Rig) -> None:
