@@ -273,6 +273,9 @@ class LazyCodeBuild:
     def log_tail(self, build: BuildRecord) -> LogTail:
         return self._get().log_tail(build)
 
+    def close(self) -> None:
+        """Nothing to stop (see CodeBuildBuilder.close), and no client to make just for this."""
+
 
 # -- SNS HTTPS calls -------------------------------------------------------------------------------
 

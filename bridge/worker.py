@@ -263,15 +263,14 @@ class Worker:
         self._thread = None
 
     def close_builders(self) -> None:
-        """On shutdown: builders that run builds themselves (local) stop them and record it.
+        """On shutdown: every builder's `close`; those that run builds themselves (local) stop them
+        and record it.
 
         A local build must not outlive the process tracking it; its record says STOPPED, and the
         next start reports that final status.
         """
         for builder in self._services.builders.values():
-            close = getattr(builder, "close", None)
-            if callable(close):
-                close()
+            builder.close()
 
     @property
     def running(self) -> bool:

@@ -296,6 +296,9 @@ class RecordingBuilder:
     def log_tail(self, build: BuildRecord) -> LogTail:
         return NoLog()
 
+    def close(self) -> None:
+        """Nothing runs here that could outlive the process."""
+
 
 class NoLog:
     def poll(self, build: BuildRecord) -> list[str]:

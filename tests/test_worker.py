@@ -326,6 +326,9 @@ class SlowPolls:
     def log_tail(self, build: BuildRecord) -> LogTail:
         return self.inner.log_tail(build)
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 def test_a_slow_poll_renews_no_lease_of_a_build_with_nothing_new(rig: Rig) -> None:
     """A cycle slower than half the poll lease re-takes a build's lease only to post something: a
@@ -521,6 +524,9 @@ class StopsAfterStarts:
 
     def log_tail(self, build: BuildRecord) -> LogTail:
         return self.inner.log_tail(build)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def test_a_delivery_accepted_while_a_burst_reports_starts_before_the_next_first_status(rig: Rig) -> None:

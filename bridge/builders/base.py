@@ -53,6 +53,10 @@ class Builder(Protocol):
 
     def log_tail(self, build: BuildRecord) -> LogTail: ...
 
+    def close(self) -> None:
+        """At shutdown, once: a builder that runs builds itself stops them and records it."""
+        ...
+
 
 class CapableBuilder(Builder, Protocol):
     """A Builder that states its capabilities (every builder registered in bridge.builders)."""

@@ -179,6 +179,9 @@ class CodeBuildBuilder:
     def log_tail(self, build: BuildRecord) -> CloudWatchLogTail:
         return CloudWatchLogTail(self._logs, page_limit=self._log_page_limit, sleep=self._sleep)
 
+    def close(self) -> None:
+        """Nothing to stop: CodeBuild runs the builds, and they go on (and are tracked) without us."""
+
 
 def log_location(build: BuildRecord) -> tuple[str, str] | None:
     """(group, stream) once CodeBuild has created them, i.e. after PROVISIONING; None before."""
