@@ -590,11 +590,11 @@ def test_the_configured_start_rate_paces_the_worker(rig: Rig) -> None:
 
 def test_stopping_interrupts_a_paced_wait(rig: Rig) -> None:
     """A shutdown is never held up by pacing: the wait is on the stop event, and nothing more starts."""
-    worker = Worker(replace(rig.services, reporters=RecordingReporters()), starts_per_second=1)
+    worker = Worker(replace(rig.services, reporters=RecordingReporters()), starts_per_second=0.1)
     event = github_push()
     for n in range(3):
         rig.enqueue(event, f"stopped-{n}")
-    stopper = threading.Timer(0.3, worker.stop)
+    stopper = threading.Timer(0.5, worker.stop)
     stopper.start()
 
     began = time.monotonic()
@@ -602,9 +602,9 @@ def test_stopping_interrupts_a_paced_wait(rig: Rig) -> None:
     elapsed = time.monotonic() - began
     stopper.join()
 
-    assert started == 1  # the allowance of one; the second would have waited a whole second
+    assert started == 1  # the allowance of one; the second would have waited ten seconds
     assert len(rig.double.calls("StartBuild")) == 1
-    assert elapsed < 0.9
+    assert elapsed < 5  # far below those ten seconds, even on a loaded machine
 
 
 @pytest.mark.parametrize("stop_during", ["starts", "first statuses"])
