@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -305,19 +305,16 @@ class LockCountingStore(SqliteStore):
 
 
 @dataclass
-class SlowPolls:
-    """The real builder, whose batched read takes `seconds` of the test's clock (a slow cycle)."""
+class Delegating:
+    """The real builder behind a test's wrapper: each wrapper overrides the one call it watches."""
 
     inner: Builder
-    clock: Clock
-    seconds: float = 0.0
-    name: str = "codebuild"
+    name: str = field(default="codebuild", kw_only=True)
 
     def start(self, request: BuildRequest) -> BuildRecord:
         return self.inner.start(request)
 
     def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
-        self.clock.advance(self.seconds)
         return self.inner.get_many(build_ids)
 
     def stop(self, build_id: str) -> BuildRecord:
@@ -328,6 +325,18 @@ class SlowPolls:
 
     def close(self) -> None:
         self.inner.close()
+
+
+@dataclass
+class SlowPolls(Delegating):
+    """The real builder, whose batched read takes `seconds` of the test's clock (a slow cycle)."""
+
+    clock: Clock
+    seconds: float = 0.0
+
+    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
+        self.clock.advance(self.seconds)
+        return self.inner.get_many(build_ids)
 
 
 def test_a_slow_poll_renews_no_lease_of_a_build_with_nothing_new(rig: Rig) -> None:
@@ -501,13 +510,11 @@ class _Recording:
 
 
 @dataclass
-class StopsAfterStarts:
+class StopsAfterStarts(Delegating):
     """The real builder; `then` runs once `count` builds have started (a stop arriving mid-burst)."""
 
-    inner: Builder
     count: int
     then: Callable[[], None]
-    name: str = "codebuild"
 
     def start(self, request: BuildRequest) -> BuildRecord:
         record = self.inner.start(request)
@@ -515,18 +522,6 @@ class StopsAfterStarts:
         if self.count == 0:
             self.then()
         return record
-
-    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
-        return self.inner.get_many(build_ids)
-
-    def stop(self, build_id: str) -> BuildRecord:
-        return self.inner.stop(build_id)
-
-    def log_tail(self, build: BuildRecord) -> LogTail:
-        return self.inner.log_tail(build)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def test_a_delivery_accepted_while_a_burst_reports_starts_before_the_next_first_status(rig: Rig) -> None:
