@@ -11,10 +11,11 @@ One connection guarded by a lock serves every thread of a process; SQLite's own 
 a busy timeout) orders writes between processes. Every write is one `BEGIN IMMEDIATE` transaction.
 
 `StateStore` is what the app and the worker need from any store; `SqliteStore` is the embedded
-default and `bridge.store_dynamodb.DynamoStore` the one several replicas share. The lease methods
-(`claim_delivery`, `claim_builds`, `lock_build`, `release_build`) only matter when several processes
-share the state: SQLite has one process, whose worker thread already polls every build once per
-interval, so there they are plain reads.
+default and `bridge.store_dynamodb.DynamoStore` the one several replicas share. Build leases
+(`claim_builds`, `lock_build`, `release_build`) are real in both: `bridge serve` runs the worker in
+a process of its own, and a CodeBuild event or a stop request answered by the server process must
+not report on a build while the worker's poll is reporting on it. SQLite has exactly one poller
+(that worker), so its `claim_builds` leases every active build, without DynamoDB's poll slots.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ __all__ = [
 DeliveryState = Literal["pending", "started", "failed", "ignored"]
 
 _BUSY_TIMEOUT_SECONDS: Final = 10.0
-_SCHEMA_VERSION: Final = 1
+_SCHEMA_VERSION: Final = 2
+# Columns added after version 1, for state files written by an older bridge: (table, column, type).
+_ADDED_COLUMNS: Final = (("builds", "lease_owner", "TEXT"),)
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS deliveries (
     delivery_id TEXT PRIMARY KEY,
@@ -76,17 +79,19 @@ CREATE TABLE IF NOT EXISTS builds (
     last_reported_state TEXT,
     done INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL,
-    lease_until REAL NOT NULL DEFAULT 0
+    lease_until REAL NOT NULL DEFAULT 0,
+    lease_owner TEXT
 );
 CREATE INDEX IF NOT EXISTS builds_active ON builds (done);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), written_at REAL NOT NULL);
 """
 
 
-_SELECT_BUILDS: Final = (
-    "SELECT build_id, delivery_id, provider, route_name, event_json, reporter_ref, last_build_status,"
-    " last_reported_state, done, updated_at FROM builds"
+_BUILD_COLUMNS: Final = (
+    "build_id, delivery_id, provider, route_name, event_json, reporter_ref, last_build_status,"
+    " last_reported_state, done, updated_at"
 )
+_SELECT_BUILDS: Final = f"SELECT {_BUILD_COLUMNS} FROM builds"  # noqa: S608  (constants only)
 
 
 class StoreError(BridgeError):
@@ -329,6 +334,10 @@ class SqliteStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                for table, column, kind in _ADDED_COLUMNS:
+                    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                    if column not in present:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the state file {self._path}: {exc}") from None
@@ -401,13 +410,17 @@ class SqliteStore:
     def release_claims(self) -> int:
         """At start-up: pending deliveries are due now, whatever lease or retry delay they had.
 
-        One process owns a SQLite file, so a claim held at start-up belongs to a process that died
-        (SIGKILL between StartBuild and mark_started). Re-offering it at once is safe: the
+        One worker process owns a SQLite file, and it calls this before the server process takes
+        requests, so a claim held at start-up belongs to a process that died (SIGKILL between
+        StartBuild and mark_started). Re-offering it at once is safe: the
         idempotencyToken derived from the delivery id makes the repeated StartBuild return the same
         build within CodeBuild's 5-minute window, instead of waiting out a 60-second lease.
         """
         now = self._clock()
         with self._guard("releasing claims"), self._transaction() as conn:
+            # Build leases too: a build the dead worker started holds its lease until its first
+            # status is out, and that status is now this worker's to post, not in a minute.
+            conn.execute("UPDATE builds SET lease_until = 0 WHERE done = 0 AND lease_until > ?", (now,))
             return conn.execute(
                 "UPDATE deliveries SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
                 (now, now),
@@ -475,7 +488,8 @@ class SqliteStore:
     ) -> bool:
         """The delivery is done and its build is tracked: both, or (on any error) neither.
 
-        `lease_owner` is ignored: one process, one worker thread, nobody to keep out.
+        The new build row is leased to `lease_owner`, so nobody else reports on it before its
+        starter posted the first status.
         """
         now = self._clock()
         with self._guard("recording a started build"), self._transaction() as conn:
@@ -494,8 +508,19 @@ class SqliteStore:
             )
             cursor = conn.execute(
                 "INSERT INTO builds (build_id, delivery_id, provider, route_name, event_json, reporter_ref,"
-                " done, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT (build_id) DO NOTHING",
-                (build_id, delivery_id, row[0], row[1], row[2], reporter_ref, now),
+                " done, updated_at, lease_owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
+                " ON CONFLICT (build_id) DO NOTHING",
+                (
+                    build_id,
+                    delivery_id,
+                    row[0],
+                    row[1],
+                    row[2],
+                    reporter_ref,
+                    now,
+                    lease_owner,
+                    now + lease_seconds if lease_owner is not None else 0,
+                ),
             )
             return cursor.rowcount == 1
 
@@ -602,16 +627,43 @@ class SqliteStore:
                 ),
             )
 
-    # --- leases (one process: every active build is this worker's) ----------------------------------
+    # --- leases ---------------------------------------------------------------------------------------
 
     def claim_builds(self, owner: str, *, lease_seconds: float, poll_interval: float) -> list[TrackedBuild]:
-        return self.active_builds()
+        """Every running build whose lease is free (or already ours), leased to `owner`.
+
+        One worker polls a SQLite file, and its loop already spaces the polls: `poll_interval` (the
+        shared store's slot) is not needed here. The lease keeps the server process's event and
+        stop handlers off a build while this poll may be reporting on it.
+        """
+        now = self._clock()
+        with self._guard("claiming builds"), self._transaction() as conn:
+            rows = conn.execute(
+                "UPDATE builds SET lease_owner = ?, lease_until = ?"  # noqa: S608  (constants only)
+                " WHERE done = 0 AND (lease_until <= ? OR lease_owner = ?)"
+                f" RETURNING {_BUILD_COLUMNS}",
+                (owner, now + lease_seconds, now, owner),
+            ).fetchall()
+        return sorted((self._build(row) for row in rows), key=lambda build: build.updated_at)
 
     def lock_build(self, build_id: str, owner: str, *, lease_seconds: float) -> TrackedBuild | None:
-        return self.get_build(build_id)
+        """The build, leased to `owner`; None when another holds its lease or it is not tracked."""
+        now = self._clock()
+        with self._guard("leasing a build"), self._transaction() as conn:
+            row = conn.execute(
+                "UPDATE builds SET lease_owner = ?, lease_until = ?"  # noqa: S608  (constants only)
+                " WHERE build_id = ? AND (lease_until <= ? OR lease_owner = ?)"
+                f" RETURNING {_BUILD_COLUMNS}",
+                (owner, now + lease_seconds, build_id, now, owner),
+            ).fetchone()
+        return self._build(row) if row is not None else None
 
     def release_build(self, build_id: str, owner: str) -> None:
-        return None
+        """Give the lease back early; only its holder can (a lease taken over meanwhile is not ours)."""
+        with self._guard("releasing a build"), self._transaction() as conn:
+            conn.execute(
+                "UPDATE builds SET lease_until = 0 WHERE build_id = ? AND lease_owner = ?", (build_id, owner)
+            )
 
     # --- health -----------------------------------------------------------------------------------
 

@@ -459,3 +459,120 @@ def test_release_claims_reoffers_a_delivery_claimed_by_a_dead_process(tmp_path: 
 
     assert [p.delivery_id for p in store.claim_pending()] == ["d-1"]
     store.close()
+
+
+# --- build leases: the worker process and the server process share one file -----------------------
+
+
+def _second(path: Path, clock: Clock) -> Store:
+    """Another connection to the same file, as the other process has."""
+    return Store(path, clock=clock)
+
+
+def test_a_started_build_stays_with_its_starter_until_released(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "state.sqlite3"
+    worker, server = Store(path, clock=clock), _second(path, clock)
+    add(worker, "d-1")
+    assert worker.mark_started("d-1", "proj:b1", lease_owner="worker", lease_seconds=30)
+    # The starter posts the first status; an event handled meanwhile must not report first.
+    assert server.lock_build("proj:b1", "server", lease_seconds=30) is None
+    worker.release_build("proj:b1", "worker")
+    locked = server.lock_build("proj:b1", "server", lease_seconds=30)
+    assert locked is not None
+    assert (locked.build_id, locked.event) == ("proj:b1", EVENT)
+    worker.close()
+    server.close()
+
+
+def test_a_poll_claim_keeps_an_event_off_the_build_until_the_lease_ends(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "state.sqlite3"
+    worker, server = Store(path, clock=clock), _second(path, clock)
+    for index in range(3):
+        add(worker, f"d-{index}")
+        clock.now += 1
+        worker.mark_started(f"d-{index}", f"proj:b{index}")
+    worker.update_build("proj:b2", done=True)
+
+    claimed = worker.claim_builds("worker", lease_seconds=5, poll_interval=15)
+    assert [build.build_id for build in claimed] == ["proj:b0", "proj:b1"]  # active ones, oldest first
+    assert server.lock_build("proj:b0", "server", lease_seconds=30) is None
+    assert server.claim_builds("server", lease_seconds=5, poll_interval=15) == []
+    # The holder claims again at once (one poller, no poll slots: its loop spaces the polls).
+    assert len(worker.claim_builds("worker", lease_seconds=5, poll_interval=15)) == 2
+    clock.now += 5
+    assert server.lock_build("proj:b0", "server", lease_seconds=30) is not None
+    worker.release_build("proj:b0", "worker")  # a late release by the old holder changes nothing
+    assert worker.lock_build("proj:b0", "worker", lease_seconds=30) is None
+    worker.close()
+    server.close()
+
+
+def test_one_of_two_processes_racing_for_a_build_gets_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    first = Store(path)
+    add(first, "d-1")
+    first.mark_started("d-1", "proj:b1")
+    stores = [first, *(Store(path) for _ in range(3))]
+    barrier = threading.Barrier(len(stores))
+    won: list[bool] = []
+
+    def lock(index: int, store: Store) -> None:
+        barrier.wait()
+        won.append(store.lock_build("proj:b1", f"owner-{index}", lease_seconds=30) is not None)
+
+    threads = [threading.Thread(target=lock, args=pair) for pair in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won) == [False, False, False, True]
+    for store in stores:
+        store.close()
+
+
+def test_a_build_that_is_not_tracked_cannot_be_locked(store: Store) -> None:
+    assert store.lock_build("proj:unknown", "worker", lease_seconds=30) is None
+
+
+def test_release_claims_frees_the_builds_a_dead_worker_held(tmp_path: Path, clock: Clock) -> None:
+    store = Store(tmp_path / "state.sqlite3", clock=clock)
+    add(store, "d-1")
+    store.mark_started("d-1", "proj:b1", lease_owner="dead", lease_seconds=60)
+    assert store.lock_build("proj:b1", "next", lease_seconds=60) is None
+
+    store.release_claims()
+
+    assert store.lock_build("proj:b1", "next", lease_seconds=60) is not None
+    store.close()
+
+
+def test_a_state_file_from_before_build_leases_is_upgraded(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "state.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE builds (
+            build_id TEXT PRIMARY KEY, delivery_id TEXT NOT NULL, provider TEXT NOT NULL,
+            route_name TEXT NOT NULL, event_json TEXT NOT NULL, reporter_ref TEXT,
+            last_build_status TEXT, last_reported_state TEXT, done INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL, lease_until REAL NOT NULL DEFAULT 0
+        );
+        PRAGMA user_version = 1;
+        """
+    )
+    old.execute(
+        "INSERT INTO builds (build_id, delivery_id, provider, route_name, event_json, updated_at)"
+        " VALUES ('proj:b1', 'd-1', 'github', 'web', ?, 1.0)",
+        (event_to_json(EVENT),),
+    )
+    old.commit()
+    old.close()
+
+    store = Store(path, clock=clock)
+
+    (claimed,) = store.claim_builds("worker", lease_seconds=5, poll_interval=15)
+    assert (claimed.build_id, claimed.event) == ("proj:b1", EVENT)
+    assert store.lock_build("proj:b1", "server", lease_seconds=5) is None
+    store.close()
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA user_version").fetchone() == (2,)
