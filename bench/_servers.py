@@ -82,26 +82,37 @@ class Process:
     popen: subprocess.Popen[bytes]
 
     def worker_pids(self) -> list[int]:
-        """gunicorn's worker processes: the children of the arbiter."""
-        children = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children")
-        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        """gunicorn's worker processes, which serve the requests: the children of the arbiter."""
+        return _children(self.popen.pid)
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU the worker processes have used so far (what a request costs the server)."""
+    def background_pids(self) -> list[int]:
+        """Processes the workers forked (the bridge's build worker): the arbiter's grandchildren."""
+        return [pid for worker in self.worker_pids() for pid in _children(worker)]
+
+    def cpu_seconds(self, *, background: bool = True) -> float:
+        """User + system CPU used so far by the request-serving processes, and (by default) the
+        processes they forked: what the server as a whole spent."""
+        pids = self.worker_pids() + (self.background_pids() if background else [])
         ticks = 0
-        for pid in self.worker_pids():
+        for pid in pids:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])  # utime, stime (proc(5) fields 14 and 15)
         return ticks / os.sysconf("SC_CLK_TCK")
 
-    def peak_rss_mb(self) -> float:
-        """VmHWM (peak resident set) of the worker process, in MB."""
+    def peak_rss_mb(self, *, background: bool = False) -> float:
+        """VmHWM (peak resident set), in MB, of the request-serving process, or of the largest
+        process it forked (`background`); NaN when there is none (the baseline forks nothing)."""
         peaks = []
-        for pid in self.worker_pids():
+        for pid in self.background_pids() if background else self.worker_pids():
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peaks.append(int(line.split()[1]) / 1024)
         return max(peaks) if peaks else float("nan")
+
+
+def _children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in children.read_text().split()] if children.exists() else []
 
 
 def _wait_ready(port: int, popen: subprocess.Popen[bytes], log: Path) -> None:

@@ -1,10 +1,11 @@
-"""Memory: peak RSS (VmHWM) of the bridge's gunicorn worker process under the ack benchmark's load.
+"""Memory: peak RSS (VmHWM) of the bridge's processes under the ack benchmark's load.
 
     python -m bench.memory [--seconds 20] [--rate 200]
 
 Runs bench/ack.py's measurement (a fixed-rate phase of `--rate` req/s for `--seconds`, then a
-saturating closed loop for `--seconds`) and prints the worker's peak resident set, with the bare
-Flask baseline's for comparison. Every delivery is persisted and built, so the store, the tracked
+saturating closed loop for `--seconds`) and prints the peak resident set of the request-serving
+process (gunicorn's worker) and of the bridge's worker process, with the bare Flask baseline's for
+comparison. Every delivery is persisted and built, so the store, the tracked
 builds and the worker's state all grow during the run.
 """
 
@@ -37,10 +38,12 @@ def main() -> None:
             {"deliveries": deliveries, **rss, "builds_started": figures["builds_started_by_the_worker"]}
         )
     )
-    verdict = "met" if rss["bridge_worker"] <= GOAL_MB else "NOT met"
+    largest = max(rss["bridge_worker"], rss["bridge_worker_process"])
+    verdict = "met" if largest <= GOAL_MB else "NOT met"
     print(
-        f"| peak RSS after {deliveries} deliveries | bridge {rss['bridge_worker']} MB "
-        f"| baseline {rss['baseline_worker']} MB | goal ≤ {GOAL_MB} MB: {verdict} |"
+        f"| peak RSS after {deliveries} deliveries | bridge: serving {rss['bridge_worker']} MB, "
+        f"worker process {rss['bridge_worker_process']} MB | baseline {rss['baseline_worker']} MB "
+        f"| goal ≤ {GOAL_MB} MB each: {verdict} |"
     )
 
 

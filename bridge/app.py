@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -51,6 +51,21 @@ T = TypeVar("T")
 # A burst of forged signatures must not turn into a burst of Secrets Manager reads.
 SECRET_REFRESH_MIN_INTERVAL: Final = 10.0
 WORKER_KEY: Final = "bridge.worker"
+
+
+class BackgroundWorker(Protocol):
+    """What the routes need from the worker: `bridge.worker.Worker` in this process, or
+    `bridge.worker_process.WorkerProcess` (what `bridge serve` runs) in a process of its own."""
+
+    def wake(self) -> None: ...
+
+    def handle_codebuild_event(self, detail: Mapping[str, Any]) -> bool: ...
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def running(self) -> bool: ...
 
 
 @dataclass
@@ -136,8 +151,8 @@ class _SecretRefresher:
             return True
 
 
-def create_app(config: Config, services: Services, *, worker: Worker | None = None) -> Flask:
-    """The WSGI app. The worker is created here (not started): `bridge.server` starts it per process."""
+def create_app(config: Config, services: Services, *, worker: BackgroundWorker | None = None) -> Flask:
+    """The WSGI app. The worker is created here unless given (not started): `bridge.server` starts it."""
     app = Flask("bridge")
     # One byte over the limit: werkzeug truncates a body of unknown length (chunked) at this cap
     # instead of failing, so reading limit + 1 bytes is how an oversized one is told apart.

@@ -7,9 +7,12 @@ Every BridgeError ends here as its message and fix-it hint on stderr and its exi
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +27,7 @@ DEFAULT_CONFIG: Final = "bridge.toml"
 CONFIG_ENV: Final = "BRIDGE_CONFIG"
 # The whole routing file in one variable, for platforms where mounting a file is awkward (ECS, Lambda-like).
 CONFIG_TEXT_ENV: Final = "BRIDGE_CONFIG_TOML"
+METRICS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8080
 PLAN_DELIVERY_ID: Final = "plan"
@@ -61,10 +65,41 @@ def _serve_config(option: str | None) -> Config:
     return load_config(path)
 
 
+def _prepare_metrics_dir() -> Path:
+    """Before prometheus_client is imported: the directory every process of `bridge serve` counts in
+    (the server process and its worker process; see bridge.metrics).
+
+    A PROMETHEUS_MULTIPROC_DIR already set is used (its `*.db` files, counts of an earlier run, are
+    removed: the library adds up every file there); otherwise a temporary one, removed when this
+    process exits.
+    """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("the metrics directory must be set before prometheus_client is imported")
+    given = os.environ.get(METRICS_DIR_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return directory
+    directory = Path(tempfile.mkdtemp(prefix="bridge-metrics-"))
+    os.environ[METRICS_DIR_ENV] = str(directory)
+    atexit.register(_remove_if_made_here, directory, os.getpid())
+    return directory
+
+
+def _remove_if_made_here(directory: Path, maker: int) -> None:
+    """gunicorn's forked processes inherit atexit handlers: only the process that made it removes it."""
+    if os.getpid() == maker:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    config = _serve_config(args.config)
+    _prepare_metrics_dir()  # before bridge.server imports prometheus_client
+
     from bridge.logs import configure_json_logging
 
-    config = _serve_config(args.config)
     if args.poll_interval is not None:
         config = replace(config, server=replace(config.server, poll_interval_seconds=args.poll_interval))
     configure_json_logging(os.environ.get("BRIDGE_LOG_LEVEL", "INFO"))
@@ -72,10 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
     from bridge import server
 
     def app_factory() -> Any:
-        from bridge.app import create_app
-        from bridge.services import build_services
-
-        return create_app(config, build_services(config))
+        return server.served_app(config)
 
     threads = args.threads if args.threads is not None else config.server.threads
     server.run(app_factory, host=args.host, port=args.port, threads=threads)

@@ -1,13 +1,14 @@
-"""`bridge serve`: gunicorn embedded in-process, one worker process with threads.
+"""`bridge serve`: gunicorn embedded in-process, one server process with threads, and its worker process.
 
-Why exactly one worker process: the default store is a SQLite file, and the background worker that
-starts and tracks builds must run once, next to the only writer. Threads (gthread) give the
-concurrency a webhook endpoint needs, since each request is short and mostly waits on the disk.
-Several replicas need a shared store (DynamoDB/SQS), not more processes here.
+Why exactly one server process: the default store is a SQLite file, and the background worker that
+starts and tracks builds must run once per server. Threads (gthread) give the concurrency a webhook
+endpoint needs, since each request is short and mostly waits on the disk. Several replicas need a
+shared store (DynamoDB/SQS), not more processes here.
 
-The app is loaded in the worker process (no preload), so the SQLite connection and the background
-thread are created after the fork; the thread starts in `post_worker_init` and is stopped in
-`worker_exit`, which gunicorn runs on SIGTERM after in-flight requests finish (graceful timeout).
+The worker runs in a process of its own (`bridge.worker_process`), forked by the server process in
+`post_worker_init`, before its request threads exist, and stopped in `worker_exit`, which gunicorn
+runs on SIGTERM after in-flight requests finish (graceful timeout). The app is loaded in the server
+process (no preload), so no connection is created before a fork that would share it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from gunicorn.glogging import Logger as GunicornLogger  # type: ignore[import-untyped]
 
-from bridge.app import WORKER_KEY
+from bridge.app import WORKER_KEY, create_app
+from bridge.config import Config
 from bridge.logs import LOGGED_BY_APP, JsonFormatter
+from bridge.services import build_services
+from bridge.worker import Worker
+from bridge.worker_process import WorkerProcess
 
 log = logging.getLogger("bridge.server")
 
@@ -54,10 +59,25 @@ class JsonLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no typ
         )
 
 
+def served_app(config: Config) -> Flask:
+    """The app `bridge serve` runs: its worker in a process of its own, with its own collaborators."""
+    services = build_services(config)
+    worker = WorkerProcess(
+        lambda: Worker(build_services(config)), Worker(services), stop_timeout=GRACEFUL_TIMEOUT_SECONDS
+    )
+    return create_app(config, services, worker=worker)
+
+
 def _start_worker(gunicorn_worker: Any) -> None:
     app = gunicorn_worker.wsgi
     bridge_worker = app.extensions.get(WORKER_KEY) if isinstance(app, Flask) else None
-    if bridge_worker is not None:
+    if isinstance(bridge_worker, WorkerProcess):
+
+        def restart_server_process(_exit_code: int) -> None:
+            gunicorn_worker.alive = False  # finish in-flight requests and exit; the arbiter forks anew
+
+        bridge_worker.start(close_in_child=gunicorn_worker.sockets, on_unexpected_exit=restart_server_process)
+    elif bridge_worker is not None:
         bridge_worker.start()
 
 

@@ -126,6 +126,17 @@ class Server:
         self.process.wait(timeout=10)
         self.process = None
 
+    def server_process(self) -> int:
+        """gunicorn's worker: the process that serves requests (the only child of the arbiter)."""
+        assert self.process is not None
+        (pid,) = children(self.process.pid)
+        return pid
+
+    def worker_process(self) -> int:
+        """The build worker: the only child of the server process."""
+        (pid,) = children(self.server_process())
+        return pid
+
     def post(self, delivery: Delivery) -> tuple[int, dict[str, Any]]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
@@ -153,6 +164,19 @@ class Server:
             return connection.getresponse().status
         finally:
             connection.close()
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.fixture
@@ -389,3 +413,79 @@ def test_sigkill_mid_flight_then_restart_finishes_everything_exactly_once(
     assert {run["conclusion"] for run in github_api.check_runs.values()} == {"success"}
     for states in gitlab_histories(gitlab_api).values():
         assert states[-1] == "success"
+
+
+# -- the worker's own process --------------------------------------------------------------------------------
+
+
+def test_the_worker_runs_in_its_own_process_and_builds_what_the_server_accepted(
+    server: Server, codebuild_double: CodeBuildDouble
+) -> None:
+    serving, working = server.server_process(), server.worker_process()
+    assert len({server.process.pid if server.process else 0, serving, working}) == 3
+
+    sent = github_sent("push", github_payload("push", None, 4), "own-process")
+    assert server.post(sent.delivery)[0] == 202
+
+    wait_for(
+        lambda: len(started(codebuild_double)) == 1, START_TIMEOUT, "the build to start", server.log_path
+    )
+    assert (
+        started(codebuild_double)[0]["idempotencyToken"] == expected_request(server, sent)["idempotencyToken"]
+    )
+    started_lines = [
+        json.loads(line) for line in server.log_path.read_text().splitlines() if '"build started"' in line
+    ]
+    assert [line["delivery"] for line in started_lines] == ["own-process"]
+
+
+def test_a_killed_worker_process_is_replaced_and_nothing_accepted_is_lost(
+    server: Server, codebuild_double: CodeBuildDouble, github_api: FakeGitHub, gitlab_api: FakeGitLab
+) -> None:
+    codebuild_double.script_project("hello-build", Scenario(polls_per_phase=2))
+    first = github_sent("push", github_payload("push", None, 4), "before-kill")
+    assert server.post(first.delivery)[0] == 202
+    wait_for(lambda: len(started(codebuild_double)) == 1, START_TIMEOUT, "the first build", server.log_path)
+    serving, working = server.server_process(), server.worker_process()
+
+    os.kill(working, signal.SIGKILL)
+
+    # The server process finishes what it serves and exits; the arbiter starts a fresh pair.
+    wait_for(lambda: not alive(serving), START_TIMEOUT, "the server process to exit", server.log_path)
+    wait_for(server.ready, START_TIMEOUT, "a new server process", server.log_path)
+    wait_for(lambda: len(children(server.server_process())) == 1, START_TIMEOUT, "its worker process")
+    assert server.server_process() != serving
+    assert server.worker_process() != working
+    assert "the worker process exited" in server.log_path.read_text()
+
+    second = gitlab_sent(gitlab_payload("push"), "after-kill")
+    assert server.post(second.delivery)[0] == 202
+    assert server.post(first.delivery) == (200, {"duplicate": "before-kill"})
+    wait_for(lambda: all_final(github_api, gitlab_api, 1, 1), FINISH_TIMEOUT, "every status", server.log_path)
+    # Killed between StartBuild and recording it, the first delivery is started again by the new worker
+    # with the same idempotencyToken: CodeBuild answers with the same build. One build, one check run.
+    tokens = {request["idempotencyToken"] for request in started(codebuild_double)}
+    assert tokens == {expected_request(server, item)["idempotencyToken"] for item in (first, second)}
+    assert len(github_api.check_runs) == 1  # (all_final above also counted one GitLab commit)
+
+
+def test_a_killed_server_process_takes_its_worker_process_with_it(
+    server: Server, codebuild_double: CodeBuildDouble
+) -> None:
+    serving, working = server.server_process(), server.worker_process()
+
+    os.kill(serving, signal.SIGKILL)
+
+    # No signal reaches the worker process; its end of the wake-up pipe reads end of file.
+    wait_for(
+        lambda: not alive(working), START_TIMEOUT, "the orphaned worker process to stop", server.log_path
+    )
+    wait_for(server.ready, START_TIMEOUT, "a new server process", server.log_path)
+    wait_for(lambda: len(children(server.server_process())) == 1, START_TIMEOUT, "its worker process")
+    assert server.worker_process() != working
+
+    sent = github_sent("push", github_payload("push", None, 4), "after-server-kill")
+    assert server.post(sent.delivery)[0] == 202
+    wait_for(
+        lambda: len(started(codebuild_double)) == 1, START_TIMEOUT, "the build to start", server.log_path
+    )
