@@ -442,6 +442,44 @@ def test_concurrent_deliveries_share_one_write_and_each_gets_its_own_answer() ->
     assert answers == {"first": True, "second": True, "dup": False}
 
 
+def test_many_threads_each_get_their_own_answer_and_every_row_is_written_once() -> None:
+    """Group commit under contention: the lead is handed from write to write; nobody waits forever."""
+    import random
+    from collections.abc import Sequence
+    from typing import Any
+
+    from bridge.store import _GroupCommit
+
+    group = _GroupCommit()
+    written: list[str] = []
+    sizes: list[int] = []
+
+    def write(rows: Sequence[tuple[Any, ...]]) -> list[bool]:
+        sizes.append(len(rows))
+        threading.Event().wait(random.random() / 1000)
+        written.extend(row[0] for row in rows)
+        return [not row[0].endswith("-0") for row in rows]
+
+    answers: dict[str, bool] = {}
+
+    def submit(thread: int) -> None:
+        for number in range(40):
+            name = f"t{thread}-{number}"
+            answers[name] = group.submit((name,), write)
+
+    threads = [threading.Thread(target=submit, args=(index,)) for index in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(answers) == 12 * 40
+    assert sorted(written) == sorted(answers)
+    assert answers == {name: not name.endswith("-0") for name in answers}
+    assert max(sizes) > 1  # rows did share writes
+    assert group.queued == 0
+
+
 def test_a_failed_group_write_fails_every_delivery_in_it(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.sqlite3")
     store.close()
