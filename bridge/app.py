@@ -19,17 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
-import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from bridge import events, routing, verify
+from bridge import events, jsonfast, routing, verify
 from bridge.config import Config, Route
 from bridge.errors import (
     BadRequestError,
@@ -53,8 +51,6 @@ T = TypeVar("T")
 # A burst of forged signatures must not turn into a burst of Secrets Manager reads.
 SECRET_REFRESH_MIN_INTERVAL: Final = 10.0
 WORKER_KEY: Final = "bridge.worker"
-# 19 digits can exceed a signed 64-bit integer, which orjson would read as a float (see parse_json).
-_LONG_DIGIT_RUN: Final = re.compile(rb"[0-9]{19}")
 
 
 class BackgroundWorker(Protocol):
@@ -422,11 +418,11 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
 
 
 # Built once: json.dumps with options builds a new encoder on every call.
-_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
+_COMPACT_JSON: Final = jsonfast.Encoder()
 
 
 def json_response(status: int, body: Mapping[str, Any]) -> Response:
-    return Response(_COMPACT_JSON.encode(body), status=status, mimetype="application/json")
+    return Response(_COMPACT_JSON.encode_bytes(body), status=status, mimetype="application/json")
 
 
 def _http_status(exc: BridgeError) -> int:
@@ -469,28 +465,9 @@ def _require_json_content_type(hint: str) -> None:
         )
 
 
-def parse_json(body: bytes) -> Any:
-    """`json.loads`, answered by orjson whenever orjson can.
-
-    Parsing the body was the largest single cost of a delivery (69 µs of ~450 for GitHub's 8 KB
-    push example; orjson: 15 µs), and the ack path's CPU is what bounds the server's throughput.
-    orjson is stricter than the standard library: it refuses NaN and Infinity, lone surrogate
-    escapes and nesting deeper than 1,024. What it refuses goes to `json.loads`, so a body means
-    what it always meant, and a malformed one fails the same way. One difference is silent: orjson
-    reads an integer beyond 64 bits as a float (tests/test_parse_json.py found it), so a body with
-    a run of 19 digits anywhere is left to `json.loads` from the start.
-    """
-    if _LONG_DIGIT_RUN.search(body):
-        return json.loads(body)
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return json.loads(body)
-
-
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        payload = parse_json(body)
+        payload = jsonfast.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         raise BadRequestError(
             "request body is not valid JSON", hint="send the payload as a JSON object"

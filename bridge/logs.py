@@ -7,18 +7,19 @@ which bridge's own errors keep free of secret values.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from typing import Any, Final
 
+from bridge import jsonfast
+
 # Set in a request's WSGI environ once the app has written that request's line (a delivery's line
 # carries its status and latency too): the access log then skips it, so a delivery is one line.
 LOGGED_BY_APP: Final = "bridge.logged"
 
-# One encoder for every line: json.dumps with options builds a new encoder on each call.
-_ENCODER: Final = json.JSONEncoder(default=str, ensure_ascii=False)
+# One encoder for every line (json.dumps with options builds a new encoder on each call).
+_ENCODER: Final = jsonfast.Encoder(default=str, ensure_ascii=False)
 
 _STANDARD_ATTRS: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}

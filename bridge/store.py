@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, cast, get_args
 
+from bridge import jsonfast
 from bridge.errors import BridgeError
 from bridge.model import SourceEvent
 
@@ -146,7 +147,7 @@ class TrackedBuild:
 # --- SourceEvent <-> JSON ---------------------------------------------------------------------------
 
 _EVENT_FIELDS: Final = {f.name: f for f in dataclasses.fields(SourceEvent)}
-_EVENT_ENCODER: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_EVENT_ENCODER: Final = jsonfast.Encoder(sort_keys=True)
 
 
 def event_to_json(event: SourceEvent) -> str:
