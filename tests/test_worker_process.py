@@ -217,7 +217,7 @@ def test_the_child_closes_what_it_must_not_keep(journal: Path, handles: list[Wor
 
     marker = journal.with_name("closed")
     handle = spawn(handles, lambda: RecordingWorker(journal), close_in_child=[Closeable(marker)])
-    wait_for(marker.exists)
+    wait_for(lambda: marker.exists() and marker.read_text() != "")  # created, then written: wait for both
     assert marker.read_text() == str(handle.pid)
 
 
