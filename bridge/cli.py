@@ -78,9 +78,15 @@ def _prepare_metrics_dir() -> Path:
     given = os.environ.get(METRICS_DIR_ENV)
     if given:
         directory = Path(given)
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("*.db"):
-            stale.unlink()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for stale in directory.glob("*.db"):
+                stale.unlink()
+        except OSError as exc:
+            raise ConfigError(
+                f"${METRICS_DIR_ENV} {given} cannot be used: {exc.strerror}",
+                hint="point it at a writable directory for this server's metrics, or unset it",
+            ) from None
         return directory
     directory = Path(tempfile.mkdtemp(prefix="bridge-metrics-"))
     os.environ[METRICS_DIR_ENV] = str(directory)
