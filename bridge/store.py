@@ -655,27 +655,26 @@ class SqliteStore:
         shared store's slot) is not needed here. The lease keeps the server process's event and
         stop handlers off a build while this poll may be reporting on it.
         """
-        now = self._clock()
-        with self._guard("claiming builds"), self._transaction() as conn:
-            rows = conn.execute(
-                "UPDATE builds SET lease_owner = ?, lease_until = ?"  # noqa: S608  (constants only)
-                " WHERE done = 0 AND (lease_until <= ? OR lease_owner = ?)"
-                f" RETURNING {_BUILD_COLUMNS}",
-                (owner, now + lease_seconds, now, owner),
-            ).fetchall()
+        rows = self._lease("claiming builds", "done = 0", (), owner, lease_seconds)
         return sorted((self._build(row) for row in rows), key=lambda build: build.updated_at)
 
     def lock_build(self, build_id: str, owner: str, *, lease_seconds: float) -> TrackedBuild | None:
         """The build, leased to `owner`; None when another holds its lease or it is not tracked."""
+        rows = self._lease("leasing a build", "build_id = ?", (build_id,), owner, lease_seconds)
+        return self._build(rows[0]) if rows else None
+
+    def _lease(
+        self, action: str, where: str, params: tuple[Any, ...], owner: str, lease_seconds: float
+    ) -> list[tuple[Any, ...]]:
+        """Lease to `owner` the builds matching `where` whose lease is free or already theirs: one
+        conditional UPDATE, so of two processes taking the same build at once exactly one gets it."""
         now = self._clock()
-        with self._guard("leasing a build"), self._transaction() as conn:
-            row = conn.execute(
+        with self._guard(action), self._transaction() as conn:
+            return conn.execute(
                 "UPDATE builds SET lease_owner = ?, lease_until = ?"  # noqa: S608  (constants only)
-                " WHERE build_id = ? AND (lease_until <= ? OR lease_owner = ?)"
-                f" RETURNING {_BUILD_COLUMNS}",
-                (owner, now + lease_seconds, build_id, now, owner),
-            ).fetchone()
-        return self._build(row) if row is not None else None
+                f" WHERE {where} AND (lease_until <= ? OR lease_owner = ?) RETURNING {_BUILD_COLUMNS}",
+                (owner, now + lease_seconds, *params, now, owner),
+            ).fetchall()
 
     def release_build(self, build_id: str, owner: str) -> None:
         """Give the lease back early; only its holder can (a lease taken over meanwhile is not ours)."""

@@ -75,7 +75,6 @@ class WorkerProcess:
         self._wake_fd: int | None = None
         self._exited = threading.Event()
         self._stopping = False
-        self._exit_status: int | None = None
 
     # -- lifecycle (the server process) -------------------------------------------------------------
 
@@ -116,16 +115,16 @@ class WorkerProcess:
 
     def _watch(self, pid: int) -> None:
         _, status = os.waitpid(pid, 0)
-        self._exit_status = os.waitstatus_to_exitcode(status)
+        exit_code = os.waitstatus_to_exitcode(status)
         self._exited.set()
         if self._stopping:
             return
         log.error(
             "the worker process exited; restarting the server process to start a new one",
-            extra={"pid": pid, "exit_code": self._exit_status},
+            extra={"pid": pid, "exit_code": exit_code},
         )
         if self._on_unexpected_exit is not None:
-            self._on_unexpected_exit(self._exit_status)
+            self._on_unexpected_exit(exit_code)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the child to finish its current step (SIGTERM), wait for it, kill it if it will not."""
