@@ -84,7 +84,7 @@ def _prepare_metrics_dir() -> Path:
                 stale.unlink()
         except OSError as exc:
             raise ConfigError(
-                f"${METRICS_DIR_ENV} {given} cannot be used: {exc.strerror}",
+                f"$PROMETHEUS_MULTIPROC_DIR {given} cannot be used: {exc.strerror}",
                 hint="point it at a writable directory for this server's metrics, or unset it",
             ) from None
         return directory
