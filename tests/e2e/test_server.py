@@ -427,16 +427,18 @@ def test_the_worker_runs_in_its_own_process_and_builds_what_the_server_accepted(
     sent = github_sent("push", github_payload("push", None, 4), "own-process")
     assert server.post(sent.delivery)[0] == 202
 
-    wait_for(
-        lambda: len(started(codebuild_double)) == 1, START_TIMEOUT, "the build to start", server.log_path
-    )
+    def started_lines() -> list[dict[str, Any]]:
+        complete = server.log_path.read_text().split("\n")[:-1]  # a line being written is not read
+        return [json.loads(line) for line in complete if '"build started"' in line]
+
+    # The double sees StartBuild before the worker has its answer and writes "build started": wait
+    # for the line, not only the call (CI read the log in between twice).
+    wait_for(lambda: started_lines() != [], START_TIMEOUT, "the build started line", server.log_path)
+    assert len(started(codebuild_double)) == 1
     assert (
         started(codebuild_double)[0]["idempotencyToken"] == expected_request(server, sent)["idempotencyToken"]
     )
-    started_lines = [
-        json.loads(line) for line in server.log_path.read_text().splitlines() if '"build started"' in line
-    ]
-    assert [line["delivery"] for line in started_lines] == ["own-process"]
+    assert [line["delivery"] for line in started_lines()] == ["own-process"]
 
 
 def test_a_killed_worker_process_is_replaced_and_nothing_accepted_is_lost(
