@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.jsonfast import Encoder
+from bridge.jsonfast import Encoder, may_hold_a_long_integer
 from bridge.jsonfast import loads as parse_json
 from bridge.secret import Secret
 
@@ -51,6 +51,13 @@ EDGES = [
     pytest.param(b'{"ref": "x",', id="truncated"),
     pytest.param(b"", id="empty"),
     pytest.param(b"  {}  ", id="whitespace around"),
+    pytest.param(b'{"id":\r\n\t-123456789012345678901}', id="a long negative integer after whitespace"),
+    pytest.param(b"[1,-123456789012345678901]", id="a long negative integer in an array"),
+    pytest.param(b"-123456789012345678901", id="a long negative integer alone"),
+    pytest.param(b'\xef\xbb\xbf{"id": -123456789012345678901}', id="a long integer after a byte order mark"),
+    pytest.param(
+        b'{"x": 0.1234567890123456789012, "y": 1e1234567890123456789}', id="long fraction, exponent"
+    ),
 ]
 
 
@@ -70,6 +77,41 @@ def test_the_edges_include_bodies_orjson_alone_would_refuse() -> None:
     assert len(accepted_by_json) >= 3
 
 
+@pytest.mark.parametrize(
+    ("body", "long_integer"),
+    [
+        pytest.param(b'{"id": -123456789012345678901}', True, id="after a colon and a space"),
+        pytest.param(b'{"id":123456789012345678901}', True, id="after a colon"),
+        pytest.param(b"[0,123456789012345678901]", True, id="after a comma"),
+        pytest.param(b"[123456789012345678901]", True, id="after a bracket"),
+        pytest.param(b'{"a":\n\t-1234567890123456789}', True, id="after a newline and a tab"),
+        pytest.param(b"1234567890123456789", True, id="at the start"),
+        pytest.param(b'{"before": "0000000000000000000000000000000000000000"}', False, id="a zero sha"),
+        pytest.param(b'{"id": "1234567890123456789012"}', False, id="digits in a string"),
+        pytest.param(b'{"n": 123456789012345678}', False, id="18 digits"),
+        pytest.param(b'{"x": 1.1234567890123456789}', False, id="a long fraction"),
+        pytest.param(b'{"x": 1e1234567890123456789}', False, id="a long exponent"),
+        pytest.param(
+            b'{"t": "at 1234567890123456789"}', True, id="a run after a space in a string (slow only)"
+        ),
+    ],
+)
+def test_only_a_long_integer_token_leaves_the_fast_path(body: bytes, long_integer: bool) -> None:
+    assert may_hold_a_long_integer(body) is long_integer
+    assert outcome(parse_json, body) == outcome(json.loads, body)
+
+
+def test_a_new_branch_push_with_its_zero_sha_takes_the_fast_path() -> None:
+    """Every new-branch push carries an all-zero `before`; it once sent the whole body to json.loads."""
+    created = [
+        path.read_bytes()
+        for path in sorted(PAYLOADS.rglob("*.json"))
+        if b'"0000000000000000000' in path.read_bytes()
+    ]
+    assert created, "the published examples include a push with an all-zero sha"
+    assert not [body for body in created if may_hold_a_long_integer(body)]
+
+
 @pytest.mark.parametrize("path", sorted(PAYLOADS.rglob("*.json")), ids=lambda path: path.name)
 def test_published_webhook_examples_parse_alike(path: Path) -> None:
     body = path.read_bytes()
@@ -84,9 +126,9 @@ json_values = st.recursive(
 
 
 @settings(max_examples=300)
-@given(value=json_values, ascii_only=st.booleans())
-def test_generated_json_parses_alike(value: Any, ascii_only: bool) -> None:
-    text = json.dumps(value, ensure_ascii=ascii_only)
+@given(value=json_values, ascii_only=st.booleans(), indent=st.sampled_from([None, 0, 2, "\t"]))
+def test_generated_json_parses_alike(value: Any, ascii_only: bool, indent: int | str | None) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only, indent=indent)
     body = text.encode("utf-8", "surrogatepass")
     assert outcome(parse_json, body) == outcome(json.loads, body)
 
@@ -128,6 +170,26 @@ def test_a_lone_surrogate_is_escaped_so_the_text_stays_valid_utf8() -> None:
     written = Encoder().encode_bytes({"ref": "refs/heads/\ud800"})
     assert written == b'{"ref":"refs/heads/\\ud800"}'
     written.decode("utf-8")  # strict: would raise on an unpaired surrogate
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param([1.5, math.inf], b"[1.5,null]", id="orjson writes it"),
+        pytest.param([-(2**63) - 1, math.inf], b"[-9223372036854775809,null]", id="with a long integer"),
+        pytest.param({"x": ["\ud800", math.nan]}, b'{"x":["\\ud800",null]}', id="with a lone surrogate"),
+        pytest.param((2**64, -math.inf), b"[18446744073709551616,null]", id="in a tuple"),
+    ],
+)
+def test_nan_and_infinity_are_null_whichever_encoder_writes(value: Any, expected: bytes) -> None:
+    """Found by the property below: the standard encoder, orjson's fallback, wrote `Infinity`."""
+    assert Encoder().encode_bytes(value) == expected
+    assert Encoder().encode(value) == expected.decode()
+
+
+def test_nan_from_default_is_null_in_the_fallback_too() -> None:
+    written = Encoder(default=lambda item: [math.nan]).encode({"n": 2**70, "o": object()})
+    assert written == '{"n":1180591620717411303424,"o":[null]}'
 
 
 class Masked:
