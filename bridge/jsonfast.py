@@ -105,12 +105,19 @@ class Encoder:
             return self._fallback.encode(_finite(value)).encode("utf-8", "backslashreplace")
 
 
-def _finite(value: Any) -> Any:
-    """NaN and ±Infinity as None, so the fallback writes null where orjson does (it rarely runs)."""
+def _finite(value: Any, _path: frozenset[int] = frozenset()) -> Any:
+    """NaN and ±Infinity as None, so the fallback writes null where orjson does (it rarely runs).
+
+    A container that holds itself is left as it is, for the standard encoder to refuse as always
+    ("Circular reference detected"), instead of recursing here until RecursionError.
+    """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+    if isinstance(value, dict | list | tuple):
+        if id(value) in _path:
+            return value
+        inner = _path | {id(value)}
+        if isinstance(value, dict):
+            return {key: _finite(item, inner) for key, item in value.items()}
+        return [_finite(item, inner) for item in value]
     return value

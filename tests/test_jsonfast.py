@@ -187,6 +187,15 @@ def test_nan_and_infinity_are_null_whichever_encoder_writes(value: Any, expected
     assert Encoder().encode(value) == expected.decode()
 
 
+def test_a_value_that_holds_itself_is_refused_as_the_standard_encoder_refuses_it() -> None:
+    looped: list[Any] = [2**70, math.nan]
+    looped.append({"again": looped})
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        Encoder().encode(looped)
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        json.JSONEncoder().encode(looped)
+
+
 def test_nan_from_default_is_null_in_the_fallback_too() -> None:
     written = Encoder(default=lambda item: [math.nan]).encode({"n": 2**70, "o": object()})
     assert written == '{"n":1180591620717411303424,"o":[null]}'
