@@ -168,8 +168,19 @@ def wait_for(builder: LocalBuilder, build_id: str, phase: str) -> BuildRecord:
         record = builder.get_many([build_id])[build_id]
         if record["currentPhase"] == phase:
             return record
+        if record["buildComplete"]:  # it will not get there: say why, instead of waiting out the deadline
+            raise AssertionError(f"{build_id} ended before {phase}: {_story(record)}")
         time.sleep(0.02)
-    raise AssertionError(f"{build_id} never reached {phase}")
+    raise AssertionError(
+        f"{build_id} never reached {phase}: {_story(builder.get_many([build_id])[build_id])}"
+    )
+
+
+def _story(record: BuildRecord) -> str:
+    """What a failed wait needs to be diagnosed from CI output alone: phases, status, log tail."""
+    log_path = Path(record["logs"]["localPath"])
+    tail = log_path.read_text()[-2000:] if log_path.exists() else "(no log)"
+    return f"status {record['buildStatus']}, phases {phases(record)}, log tail:\n{tail}"
 
 
 def phases(record: BuildRecord) -> list[tuple[str, str | None]]:
