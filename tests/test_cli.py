@@ -278,20 +278,14 @@ def test_invalid_config_text_in_the_environment_is_exit_2_naming_its_source(
     assert "server.poll_interval_seconds" in err
 
 
-def test_serve_with_an_unusable_metrics_directory_is_exit_2_with_a_hint(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    config = tmp_path / "bridge.toml"
-    config.write_text(
-        f'[server]\nstate_path = "{tmp_path / "state.sqlite3"}"\n'
-        '[github]\ntoken = "env:GITHUB_TOKEN"\nwebhook_secrets = ["env:GITHUB_WEBHOOK_SECRET"]\n'
-        '[[routes]]\nname = "web"\nprovider = "github"\nrepositories = ["acme/*"]\nproject = "flex"\n'
-    )
+def test_serve_with_an_unusable_metrics_directory_is_exit_2_with_a_hint(
+    tmp_path: Path, config_file: Path
+) -> None:
     not_a_directory = tmp_path / "a-file"
     not_a_directory.write_text("")
     result = subprocess.run(
-        [sys.executable, "-m", "bridge", "serve", "--config", str(config)],
+        [sys.executable, "-m", "bridge", "serve", "--config", str(config_file)],
+        cwd=tmp_path,
         env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(not_a_directory)},
         capture_output=True,
         text=True,
