@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import hmac
 import json
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,6 +27,7 @@ from bridge.errors import SignatureError
 from bridge.secret import Secret
 from bridge.verify import (
     CertificateCache,
+    hmac_sha256,
     is_allowed_sns_certificate_url,
     verify_github_signature,
     verify_gitlab_token,
@@ -673,6 +677,73 @@ def test_certificate_cache_concurrent_callers_share_one_fetch() -> None:
 def test_certificate_cache_rejects_zero_size() -> None:
     with pytest.raises(ValueError, match="max_entries"):
         CertificateCache(RecordingFetcher({}), max_entries=0)
+
+
+# ------------------------------------------------------------------------------------------------ HMAC
+
+# Around CPython's 2,048-byte GIL threshold, the 2,047-byte pieces, GitHub's 8 KB push example and
+# the 64 KiB from which the hash lets go of the GIL.
+HMAC_SIZES = [0, 1, 2046, 2047, 2048, 4094, 4095, 8006, 65535, 65536, 65537, 300_000]
+
+
+@pytest.mark.parametrize("size", HMAC_SIZES)
+def test_hmac_sha256_is_the_standard_hmac_at_every_size(size: int) -> None:
+    message = bytes(index % 251 for index in range(size))
+    assert hmac_sha256(b"key", message) == hmac.digest(b"key", message, hashlib.sha256)
+
+
+@FUZZ
+@given(key=st.binary(max_size=200), message=st.binary(max_size=10_000))
+def test_fuzz_hmac_sha256_is_the_standard_hmac(key: bytes, message: bytes) -> None:
+    assert hmac_sha256(key, message) == hmac.digest(key, message, hashlib.sha256)
+
+
+def _another_thread_ran_during(work: Callable[[], object], *, repeats: int) -> bool:
+    """Whether a spinning Python thread got a turn while `work` ran `repeats` times in a row: never,
+    unless `work` let go of the GIL.
+
+    The switch interval is raised so the interpreter forces no hand-over meanwhile; the spinner is
+    made to wait for the GIL under the raised interval first (the sleep), so its wait times out only
+    long after `work` is done. It stops at the first turn seen: a turn lasts the whole interval.
+    """
+    turns = 0
+    stop = False
+
+    def spin() -> None:
+        nonlocal turns
+        while not stop:
+            turns += 1
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.2)
+    spinner = threading.Thread(target=spin, daemon=True)
+    try:
+        spinner.start()
+        time.sleep(0.01)
+        before = turns
+        for _ in range(repeats):
+            work()
+            if turns != before:
+                return True
+        return False
+    finally:
+        stop = True
+        sys.setswitchinterval(previous)
+        spinner.join()
+
+
+def test_hmac_of_a_delivery_sized_body_keeps_the_gil() -> None:
+    """Letting go for a ~10 µs hash hands the GIL to another request thread and queues for it back."""
+    body = bytes(8006)
+    assert not _another_thread_ran_during(lambda: hmac_sha256(b"key", body), repeats=500)
+
+
+def test_the_gil_check_sees_a_hash_that_lets_go() -> None:
+    """The check above can fail: hmac.digest() lets go of the GIL, and so does hmac_sha256 from 64 KiB."""
+    body = bytes(8006)
+    assert _another_thread_ran_during(lambda: hmac.digest(b"key", body, hashlib.sha256), repeats=5000)
+    large = bytes(1 << 20)
+    assert _another_thread_ran_during(lambda: hmac_sha256(b"key", large), repeats=50)
 
 
 # --------------------------------------------------------------------------------------------- fuzzing
