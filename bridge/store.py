@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, cast, get_args
+from typing import Any, Final, Literal, Protocol, TypeVar, cast, get_args
 
 from bridge import jsonfast
 from bridge.errors import BridgeError
@@ -142,6 +142,22 @@ class TrackedBuild:
     last_reported_state: str | None
     done: bool
     updated_at: float
+
+
+_INSERT_DELIVERIES: Final = (
+    "INSERT INTO deliveries (delivery_id, provider, event_name, received_at, route_name, event_json, state,"
+    " attempts, next_attempt_at) VALUES "
+)
+_DELIVERY_ROW: Final = "(?, ?, ?, ?, ?, ?, 'pending', 0, ?)"
+# Rows (or ids) per statement: 7 parameters a row stays under 999, the oldest SQLite's limit.
+_ROWS_PER_STATEMENT: Final = 100
+
+_T = TypeVar("_T")
+
+
+def _slices(items: list[_T]) -> Iterator[list[_T]]:
+    for start in range(0, len(items), _ROWS_PER_STATEMENT):
+        yield items[start : start + _ROWS_PER_STATEMENT]
 
 
 # --- SourceEvent <-> JSON ---------------------------------------------------------------------------
@@ -402,17 +418,34 @@ class SqliteStore:
         return self._batch.submit(params, self._insert_deliveries)
 
     def _insert_deliveries(self, batch: Sequence[tuple[Any, ...]]) -> list[bool]:
+        """One transaction for the batch, and two statements in it whatever its size.
+
+        The sqlite3 module lets go of the GIL around every step of every statement, and with eight
+        request threads each let-go is a hand-over and a wait to get it back: one INSERT per row
+        made that cost grow with the batch. The ids already stored are read first (the write lock
+        is held, so the answer holds until COMMIT), then the new rows go in one INSERT; an id twice
+        in one batch is added once, as the second INSERT of it used to be refused.
+        """
         with self._guard("recording a delivery"), self._transaction() as conn:
-            return [
+            known: set[str] = set()
+            for ids in _slices([params[0] for params in batch]):
+                marks = ", ".join("?" * len(ids))
+                sql = f"SELECT delivery_id FROM deliveries WHERE delivery_id IN ({marks})"  # noqa: S608
+                known.update(row[0] for row in conn.execute(sql, ids))
+            added: list[bool] = []
+            rows: list[tuple[Any, ...]] = []
+            for params in batch:
+                new = params[0] not in known
+                added.append(new)
+                if new:
+                    known.add(params[0])
+                    rows.append(params)
+            for chunk in _slices(rows):
                 conn.execute(
-                    "INSERT INTO deliveries (delivery_id, provider, event_name, received_at, route_name,"
-                    " event_json, state, attempts, next_attempt_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?) ON CONFLICT (delivery_id) DO NOTHING",
-                    params,
-                ).rowcount
-                == 1
-                for params in batch
-            ]
+                    _INSERT_DELIVERIES + ", ".join([_DELIVERY_ROW] * len(chunk)),
+                    [value for params in chunk for value in params],
+                )
+            return added
 
     def add_ignored(self, delivery_id: str, provider: str, event_name: str, reason: str) -> bool:
         """Remember a delivery that asked for no build, so a redelivery is recognised and answered alike."""

@@ -480,6 +480,45 @@ def test_many_threads_each_get_their_own_answer_and_every_row_is_written_once() 
     assert group.queued == 0
 
 
+def _delivery_row(delivery_id: str, now: float = 1000.0) -> tuple[object, ...]:
+    """A group-commit row as add_delivery queues it."""
+    return (delivery_id, "github", "push", now, "web", event_to_json(EVENT), now)
+
+
+def test_a_group_write_answers_each_row_new_known_or_repeated(store: Store) -> None:
+    assert add(store, "known")
+    batch = [_delivery_row(name) for name in ("new-1", "known", "twice", "twice", "new-2")]
+
+    assert store._insert_deliveries(batch) == [True, False, True, False, True]
+
+    pending = {p.delivery_id: p for p in store.claim_pending(limit=50)}
+    assert sorted(pending) == ["known", "new-1", "new-2", "twice"]
+    assert (pending["new-2"].event, pending["new-2"].route_name) == (EVENT, "web")
+
+
+def test_a_group_write_is_two_statements_whatever_its_size(store: Store) -> None:
+    """Every statement costs GIL hand-overs (sqlite3 lets go around each step): not one per row."""
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    try:
+        store._insert_deliveries([_delivery_row(f"d-{number}") for number in range(6)])
+    finally:
+        store._conn.set_trace_callback(None)
+    kinds = [statement.split()[0] for statement in statements]
+    assert kinds == ["BEGIN", "SELECT", "INSERT", "COMMIT"]
+
+
+def test_a_group_write_larger_than_one_statement_allows_answers_every_row(store: Store) -> None:
+    for number in range(0, 250, 7):
+        assert add(store, f"d-{number}")
+    batch = [_delivery_row(f"d-{number}") for number in range(250)]
+
+    added = store._insert_deliveries(batch)
+
+    assert added == [number % 7 != 0 for number in range(250)]
+    assert len(store.claim_pending(limit=1000)) == 250
+
+
 def test_a_failed_group_write_fails_every_delivery_in_it(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.sqlite3")
     store.close()
