@@ -12,8 +12,9 @@ How, kept small by reusing what exists:
   the parent opened is used across the fork.
 - Both share the state the way replicas do: the store's delivery claims and build leases (real in
   SQLite too) keep the child's polls and the parent's CodeBuild-event handler off the same build.
-- A pipe carries the wake-ups: one byte when the server accepted a delivery. End of file on it
-  means the server process is gone (even by SIGKILL), and the child stops by itself.
+- A pipe carries the wake-ups: one byte when the server accepted a delivery, unless an unread one
+  is already on its way (`WakeSignal`). End of file on it means the server process is gone (even
+  by SIGKILL), and the child stops by itself.
 - If the child dies, the server process shuts down gracefully (in-flight requests finish) and the
   gunicorn arbiter starts a fresh one, which forks a fresh child: gunicorn's supervision, reused.
   Accepted deliveries wait in the store meanwhile; nothing is lost.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import signal
 import threading
@@ -53,6 +55,52 @@ class InProcessWorker(Protocol):
     def running(self) -> bool: ...
 
 
+class WakeSignal:
+    """The wake-up pipe from the server process to the worker process, written once until read.
+
+    Every write lets go of the GIL (under load, a hand-over to another request thread and a wait
+    to get it back) and wakes the child's relay thread, yet one unread byte already says "look at
+    the queue". So a byte shared by both processes says whether a wake-up is on its way: the server
+    writes only when it is clear, and the child clears it as it reads, before it wakes its worker.
+    No delivery is missed: one committed before the clear is found by the drain the read starts;
+    one committed after it finds the byte clear and writes. Make it before the fork.
+    """
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self._on_its_way = mmap.mmap(-1, 1)  # anonymous memory is MAP_SHARED: the child sees the same byte
+
+    # -- the server process ------------------------------------------------------------------------
+
+    def send(self) -> None:
+        """Never blocks: a full pipe already holds a wake-up, and a closed one has no reader."""
+        if self._on_its_way[0]:
+            return
+        self._on_its_way[0] = 1
+        with contextlib.suppress(OSError):  # BlockingIOError: full; BrokenPipeError: no reader
+            os.write(self._write_fd, b"\0")
+
+    def close_reading_end(self) -> None:
+        os.close(self._read_fd)
+
+    def close_writing_end(self) -> None:
+        os.close(self._write_fd)
+
+    # -- the worker process ------------------------------------------------------------------------
+
+    def receive(self) -> bool:
+        """Wait for a wake-up; False once every writer closed (the server process stopped or died)."""
+        try:
+            data = os.read(self._read_fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        self._on_its_way[0] = 0
+        return True
+
+
 class WorkerProcess:
     """The parent's handle on the worker process; the app uses it where it would use a `Worker`.
 
@@ -72,7 +120,7 @@ class WorkerProcess:
         self._stop_timeout = stop_timeout
         self._on_unexpected_exit: Callable[[int], None] | None = None
         self._pid: int | None = None
-        self._wake_fd: int | None = None
+        self._wake: WakeSignal | None = None
         self._exited = threading.Event()
         self._stopping = False
 
@@ -93,23 +141,22 @@ class WorkerProcess:
         if self._pid is not None:
             return
         self._on_unexpected_exit = on_unexpected_exit
-        read_fd, write_fd = os.pipe()
+        wake = WakeSignal()
         pid = os.fork()
         if pid == 0:  # the child never returns from here
-            os.close(write_fd)
+            wake.close_writing_end()
             code = 1
             try:
                 for item in close_in_child:
                     item.close()
-                code = _run_child(self._make_worker, read_fd, self._stop_timeout)
+                code = _run_child(self._make_worker, wake, self._stop_timeout)
             except BaseException:
                 log.exception("the worker process failed")
             finally:
                 logging.shutdown()
                 os._exit(code)
-        os.close(read_fd)
-        os.set_blocking(write_fd, False)
-        self._pid, self._wake_fd = pid, write_fd
+        wake.close_reading_end()
+        self._pid, self._wake = pid, wake
         log.info("worker process started", extra={"pid": pid})
         threading.Thread(target=self._watch, args=(pid,), name="bridge-worker-watch", daemon=True).start()
 
@@ -138,9 +185,9 @@ class WorkerProcess:
                 log.warning("the worker process did not stop in time; killing it", extra={"pid": pid})
                 _signal(pid, signal.SIGKILL)
                 self._exited.wait(KILL_GRACE_SECONDS)
-        if self._wake_fd is not None:
-            os.close(self._wake_fd)
-            self._wake_fd = None
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.close_writing_end()
 
     def close_builders(self) -> None:
         """The child closes its own builders when it stops; these are the parent's (used for events)."""
@@ -161,18 +208,15 @@ class WorkerProcess:
     # -- what the app calls (request threads of the server process) ------------------------------
 
     def wake(self) -> None:
-        """One byte down the pipe; a full pipe already holds a wake-up, and a closed one has no reader."""
-        fd = self._wake_fd
-        if fd is None:
-            return
-        with contextlib.suppress(OSError):  # BlockingIOError: full; BrokenPipeError: no reader
-            os.write(fd, b"\0")
+        wake = self._wake
+        if wake is not None:
+            wake.send()
 
     def handle_codebuild_event(self, detail: Mapping[str, Any]) -> bool:
         return self._local.handle_codebuild_event(detail)
 
 
-def _run_child(make_worker: Callable[[], InProcessWorker], wake_fd: int, stop_timeout: float) -> int:
+def _run_child(make_worker: Callable[[], InProcessWorker], wake: WakeSignal, stop_timeout: float) -> int:
     """The worker process: run the worker until SIGTERM, or until the server process is gone."""
     stop = threading.Event()
     for signum in STOP_SIGNALS:
@@ -180,7 +224,7 @@ def _run_child(make_worker: Callable[[], InProcessWorker], wake_fd: int, stop_ti
     worker = make_worker()
     worker.start()
     threading.Thread(
-        target=_relay_wakeups, args=(wake_fd, worker, stop), name="bridge-worker-wake", daemon=True
+        target=_relay_wakeups, args=(wake, worker, stop), name="bridge-worker-wake", daemon=True
     ).start()
     while not stop.wait(1.0):
         if not worker.running:
@@ -191,16 +235,10 @@ def _run_child(make_worker: Callable[[], InProcessWorker], wake_fd: int, stop_ti
     return 0
 
 
-def _relay_wakeups(fd: int, worker: InProcessWorker, stop: threading.Event) -> None:
-    while True:
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            data = b""
-        if not data:  # every writer closed: the server process stopped or died
-            stop.set()
-            return
+def _relay_wakeups(wake: WakeSignal, worker: InProcessWorker, stop: threading.Event) -> None:
+    while wake.receive():
         worker.wake()
+    stop.set()  # every writer closed: the server process stopped or died
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bridge.worker_process import WorkerProcess
+from bridge.worker_process import WakeSignal, WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,6 +110,61 @@ def test_the_worker_runs_in_another_process_and_wakes_cross_the_pipe(
 
     wait_for(lambda: any(line.endswith("wake") for line in lines(journal)))
     assert all(line.split()[0] == str(child) for line in lines(journal))
+
+
+def test_every_wake_after_the_last_one_was_read_crosses_again(
+    journal: Path, handles: list[WorkerProcess]
+) -> None:
+    """The child's read clears the shared "on its way" byte the parent checks, across the fork."""
+    handle = spawn(handles, lambda: RecordingWorker(journal))
+    wait_for(lambda: bool(lines(journal)))
+
+    def wakes_seen() -> int:
+        return sum(line.endswith("wake") for line in lines(journal))
+
+    for number in range(1, 4):
+        handle.wake()
+        deadline = time.monotonic() + 10
+        while wakes_seen() < number:
+            assert time.monotonic() < deadline, f"wake {number} never reached the child"
+            time.sleep(0.02)
+        assert wakes_seen() == number
+
+
+# --- the wake-up signal on its own ------------------------------------------------------------------
+
+
+def _bytes_in_the_pipe(wake: WakeSignal) -> int:
+    os.set_blocking(wake._read_fd, False)
+    try:
+        return len(os.read(wake._read_fd, 65536))
+    except BlockingIOError:
+        return 0
+
+
+def test_a_burst_of_wakes_writes_one_byte_until_it_is_read() -> None:
+    """Each write lets go of the GIL on the ack path; one unread byte already says "look at the queue"."""
+    wake = WakeSignal()
+    for _ in range(1000):
+        wake.send()
+    assert _bytes_in_the_pipe(wake) == 1
+
+
+def test_a_wake_sent_after_one_was_received_is_written_again() -> None:
+    wake = WakeSignal()
+    wake.send()
+    assert wake.receive()
+    wake.send()
+    wake.send()
+    assert _bytes_in_the_pipe(wake) == 1
+
+
+def test_receive_ends_when_the_server_side_is_closed() -> None:
+    wake = WakeSignal()
+    wake.send()
+    wake.close_writing_end()
+    assert wake.receive()
+    assert not wake.receive()
 
 
 def test_wakes_never_block_the_server_even_when_the_child_reads_none(
@@ -232,7 +287,7 @@ def test_when_the_server_process_dies_its_worker_process_stops_by_itself(tmp_pat
             from pathlib import Path
             sys.path[:0] = [{str(ROOT)!r}]
             from tests.test_worker_process import RecordingWorker
-            from bridge.worker_process import WorkerProcess
+            from bridge.worker_process import WakeSignal, WorkerProcess
             journal = Path({str(journal)!r})
             handle = WorkerProcess(lambda: RecordingWorker(journal), RecordingWorker(Path("/dev/null")))
             handle.start()
