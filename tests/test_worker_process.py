@@ -159,6 +159,32 @@ def test_a_wake_sent_after_one_was_received_is_written_again() -> None:
     assert _bytes_in_the_pipe(wake) == 1
 
 
+def test_wakes_sent_while_the_child_gathers_a_burst_ride_on_the_one_it_read() -> None:
+    """Between reading a wake-up and waking its worker, the child lets the rest of a burst gather:
+    nothing is written meanwhile, and the first wake after it is written again."""
+    gathering, done_gathering = threading.Event(), threading.Event()
+
+    def sleep(seconds: float) -> None:
+        assert seconds == 0.5
+        gathering.set()
+        done_gathering.wait(10)
+
+    wake = WakeSignal(coalesce_seconds=0.5, sleep=sleep)
+    received: list[bool] = []
+    reader = threading.Thread(target=lambda: received.append(wake.receive()))
+    reader.start()
+    wake.send()
+    assert gathering.wait(10)
+    for _ in range(10):
+        wake.send()
+    assert _bytes_in_the_pipe(wake) == 0
+    done_gathering.set()
+    reader.join(10)
+    assert received == [True]
+    wake.send()
+    assert _bytes_in_the_pipe(wake) == 1
+
+
 def test_receive_ends_when_the_server_side_is_closed() -> None:
     wake = WakeSignal()
     wake.send()
