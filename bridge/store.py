@@ -155,6 +155,13 @@ _ROWS_PER_STATEMENT: Final = 100
 _T = TypeVar("_T")
 
 
+def delivery_row(
+    delivery_id: str, provider: str, event_name: str, route_name: str, event: SourceEvent, *, now: float
+) -> tuple[Any, ...]:
+    """A pending delivery's values in `_DELIVERY_ROW`'s order (received and due now)."""
+    return (delivery_id, provider, event_name, now, route_name, event_to_json(event), now)
+
+
 def _slices(items: list[_T]) -> Iterator[list[_T]]:
     for start in range(0, len(items), _ROWS_PER_STATEMENT):
         yield items[start : start + _ROWS_PER_STATEMENT]
@@ -418,9 +425,8 @@ class SqliteStore:
         Concurrent calls share one transaction and one fsync (group commit): the durable write per
         delivery was what bounded the ack throughput.
         """
-        now = self._clock()
-        params = (delivery_id, provider, event_name, now, route_name, event_to_json(event), now)
-        return self._batch.submit(params, self._insert_deliveries)
+        row = delivery_row(delivery_id, provider, event_name, route_name, event, now=self._clock())
+        return self._batch.submit(row, self._insert_deliveries)
 
     def _insert_deliveries(self, batch: Sequence[tuple[Any, ...]]) -> list[bool]:
         """One transaction for the batch, and two statements in it whatever its size.
