@@ -16,6 +16,7 @@ refused for its content: an event or payload bridge does not understand is answe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ from bridge.errors import (
     SecretError,
     SignatureError,
 )
-from bridge.logs import LOGGED_BY_APP
+from bridge.logs import LOGGED_BY_APP, log_fields
 from bridge.model import Ignored, SourceEvent
 from bridge.secret import Secret
 from bridge.secrets import SecretRef
@@ -74,6 +75,7 @@ class _Delivery:
 
     provider: str
     started: float
+    environ: dict[str, Any]  # the WSGI environ: headers are read from it, not through flask.request
     event: str = ""
     delivery: str | None = None
     route: str | None = None
@@ -167,10 +169,11 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
     def answer(ctx: _Delivery, status: int, body: Mapping[str, Any], outcome: str) -> Response:
         latency = services.monotonic() - ctx.started
         services.metrics.delivery(ctx.provider, ctx.event, outcome, latency)
-        log.log(
+        log_fields(
+            log,
             logging.WARNING if status >= 500 else logging.INFO,
             "delivery",
-            extra={
+            {
                 "delivery": ctx.delivery,
                 "provider": ctx.provider,
                 "event": ctx.event or None,
@@ -178,11 +181,11 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
                 "route": ctx.route,
                 "status": status,
                 "latency_ms": round(latency * 1000, 2),
-                "remote": request.remote_addr,
+                "remote": ctx.environ.get("REMOTE_ADDR"),
                 **ctx.fields,
             },
         )
-        request.environ[LOGGED_BY_APP] = True
+        ctx.environ[LOGGED_BY_APP] = True
         return json_response(status, body)
 
     def error_answer(ctx: _Delivery, exc: BridgeError) -> Response:
@@ -238,7 +241,7 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
 
     @app.post("/webhooks/github")
     def github_webhook() -> Response:
-        ctx = _Delivery("github", services.monotonic())
+        ctx = _Delivery("github", services.monotonic(), request.environ)
 
         def handle() -> Response:
             body = _read_body(max_body)
@@ -248,17 +251,17 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
                     "GitHub deliveries are not configured on this server",
                     hint="add a [github] section with webhook_secrets, or remove this webhook",
                 )
-            header = request.headers.get("X-Hub-Signature-256")
+            header = _header(ctx.environ, "X-Hub-Signature-256")
             refresher.verify(
                 "github.webhook_secrets",
                 settings.webhook_secrets,
                 lambda secrets: verify.verify_github_signature(body, header, secrets),
             )
-            ctx.event = _required_header("X-GitHub-Event", "GitHub")
-            ctx.delivery = _required_header("X-GitHub-Delivery", "GitHub")
+            ctx.event = _required_header(ctx.environ, "X-GitHub-Event", "GitHub")
+            ctx.delivery = _required_header(ctx.environ, "X-GitHub-Delivery", "GitHub")
             if ctx.event == "ping":
                 return answer(ctx, 200, {"pong": True}, "pong")
-            _require_json_content_type("set the webhook's Content type to application/json")
+            _require_json_content_type(ctx.environ, "set the webhook's Content type to application/json")
             payload = _json_object(body)
             result = events.from_github(ctx.event, payload, api_url=settings.api_url)
             return accept(ctx, result, ctx.delivery, ctx.event)
@@ -267,7 +270,7 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
 
     @app.post("/webhooks/gitlab")
     def gitlab_webhook() -> Response:
-        ctx = _Delivery("gitlab", services.monotonic())
+        ctx = _Delivery("gitlab", services.monotonic(), request.environ)
 
         def handle() -> Response:
             body = _read_body(max_body)
@@ -288,13 +291,13 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
                     ),
                 )
             if settings.webhook_tokens or not settings.signing_tokens:
-                token = request.headers.get("X-Gitlab-Token")
+                token = _header(ctx.environ, "X-Gitlab-Token")
                 refresher.verify(
                     "gitlab.webhook_tokens",
                     settings.webhook_tokens,
                     lambda secrets: verify.verify_gitlab_token(token, secrets),
                 )
-            ctx.event = _required_header("X-Gitlab-Event", "GitLab")
+            ctx.event = _required_header(ctx.environ, "X-Gitlab-Event", "GitLab")
             ctx.delivery = gitlab_delivery_id(headers, signed_id, body)
             payload = _json_object(body)
             try:
@@ -313,7 +316,7 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
 
     @app.post("/events/codebuild")
     def codebuild_events() -> Response:
-        ctx = _Delivery("sns", services.monotonic())
+        ctx = _Delivery("sns", services.monotonic(), request.environ)
 
         def handle() -> Response:
             body = _read_body(max_body)
@@ -422,7 +425,8 @@ _COMPACT_JSON: Final = jsonfast.Encoder()
 
 
 def json_response(status: int, body: Mapping[str, Any]) -> Response:
-    return Response(_COMPACT_JSON.encode_bytes(body), status=status, mimetype="application/json")
+    # content_type, not mimetype: werkzeug would work out from the mimetype that JSON takes no charset
+    return Response(_COMPACT_JSON.encode_bytes(body), status=status, content_type="application/json")
 
 
 def _http_status(exc: BridgeError) -> int:
@@ -449,8 +453,21 @@ def _read_body(limit: int) -> bytes:
     return body
 
 
-def _required_header(name: str, provider: str) -> str:
-    value = request.headers.get(name, "").strip()
+@functools.cache
+def _environ_key(header: str) -> str:
+    key = header.upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+
+
+def _header(environ: Mapping[str, Any], name: str) -> str | None:
+    """A request header, read from the WSGI environ as `request.headers.get` reads it (PEP 3333 keys:
+    HTTP_ and the name upper-cased, "-" as "_"), minus the proxy and key-building work of each call."""
+    value = environ.get(_environ_key(name))
+    return value if isinstance(value, str) else None
+
+
+def _required_header(environ: Mapping[str, Any], name: str, provider: str) -> str:
+    value = (_header(environ, name) or "").strip()
     if not value:
         raise BadRequestError(
             f"missing {name} header", hint=f"send the delivery as {provider} does, with its {name} header"
@@ -458,11 +475,11 @@ def _required_header(name: str, provider: str) -> str:
     return value
 
 
-def _require_json_content_type(hint: str) -> None:
-    if request.mimetype != "application/json":
-        raise BadRequestError(
-            f"Content-Type must be application/json, got {request.mimetype or 'none'!r}", hint=hint
-        )
+def _require_json_content_type(environ: Mapping[str, Any], hint: str) -> None:
+    # `request.mimetype`, read as werkzeug reads it: the value before any parameters, lowercased.
+    mimetype = str(environ.get("CONTENT_TYPE") or "").partition(";")[0].strip().lower()
+    if mimetype != "application/json":
+        raise BadRequestError(f"Content-Type must be application/json, got {mimetype or 'none'!r}", hint=hint)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.logs import JsonFormatter, configure_json_logging
+from bridge.logs import JsonFormatter, configure_json_logging, log_fields
 from bridge.secret import MASK, Secret
 
 
@@ -111,3 +111,77 @@ def test_configured_logging_does_not_collect_what_no_line_shows() -> None:
     assert (record.lineno, record.funcName) == (0, "(unknown function)")
     assert (record.thread, record.process, record.processName) == (None, None, None)
     assert json.loads(captured.getvalue())["delivery"] == "d-2"
+
+
+class _Keep(logging.Handler):
+    """The records a logger hands its handlers, formatted as the server formats them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def kept() -> Iterator[tuple[logging.Logger, _Keep]]:
+    logger = logging.getLogger("bridge.test.fields")
+    handler = _Keep()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield logger, handler
+    logger.removeHandler(handler)
+    logger.propagate = True
+
+
+FIELDS: dict[str, Any] = {
+    "delivery": "d-1",
+    "provider": "github",
+    "event": None,
+    "status": 202,
+    "latency_ms": 1.5,
+    "token": Secret("ghp_do-not-print-me"),
+}
+
+
+def test_log_fields_writes_the_line_logger_log_with_extra_writes(kept: tuple[logging.Logger, _Keep]) -> None:
+    logger, handler = kept
+    logger.log(logging.WARNING, "delivery", extra=FIELDS)
+    log_fields(logger, logging.WARNING, "delivery", FIELDS)
+    by_extra, by_fields = (json.loads(handler.format(record)) for record in handler.records)
+    del by_extra["ts"], by_fields["ts"]
+    assert by_fields == by_extra
+    assert list(by_fields) == ["level", "logger", "msg", *FIELDS]  # the fields in the order given
+    assert by_fields["token"] == MASK
+    assert (by_fields["level"], by_fields["logger"], by_fields["msg"]) == ("warning", logger.name, "delivery")
+
+
+def test_log_fields_sets_the_fields_on_the_record_for_any_other_formatter(
+    kept: tuple[logging.Logger, _Keep],
+) -> None:
+    logger, handler = kept
+    log_fields(logger, logging.INFO, "delivery %s", {"delivery": "d-9", "status": 200})
+    (record,) = handler.records
+    assert (record.delivery, record.status) == ("d-9", 200)  # type: ignore[attr-defined]
+    assert logging.Formatter("%(delivery)s %(status)s %(message)s").format(record) == "d-9 200 delivery %s"
+
+
+def test_log_fields_writes_nothing_below_the_level(kept: tuple[logging.Logger, _Keep]) -> None:
+    logger, handler = kept
+    log_fields(logger, logging.DEBUG, "delivery", {"delivery": "d-1"})
+    assert handler.records == []
+
+
+@pytest.mark.parametrize("clash", ["msg", "name", "levelname", "message", "created"])
+def test_log_fields_refuses_a_field_that_would_overwrite_the_record_as_extra_does(
+    kept: tuple[logging.Logger, _Keep], clash: str
+) -> None:
+    logger, handler = kept
+    with pytest.raises(KeyError, match=clash):
+        logger.info("delivery", extra={clash: "x"})
+    with pytest.raises(KeyError, match=clash):
+        log_fields(logger, logging.INFO, "delivery", {"delivery": "d-1", clash: "x"})
+    assert handler.records == []
