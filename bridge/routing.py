@@ -8,6 +8,7 @@ and the logs show, and it is usually all a user needs to fix their config.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
@@ -30,9 +31,16 @@ def glob_match(name: str, patterns: Sequence[str], *, ignore_case: bool = False)
 
     fnmatch semantics: `*` matches "/" as well, so `release/*` matches `release/1.x/hotfix`.
     """
+    return _glob_match(name, tuple(patterns), ignore_case)
+
+
+# Every delivery of a repository asks the same questions of the same routes; the answers are kept
+# (bounded: names come from signed payloads, but a busy server still sees many branches).
+@functools.lru_cache(maxsize=4096)
+def _glob_match(name: str, patterns: tuple[str, ...], ignore_case: bool) -> bool:
     if ignore_case:
         name = name.casefold()
-        patterns = [pattern.casefold() for pattern in patterns]
+        patterns = tuple(pattern.casefold() for pattern in patterns)
     included = any(fnmatchcase(name, p) for p in patterns if not p.startswith("!"))
     return included and not any(fnmatchcase(name, p[1:]) for p in patterns if p.startswith("!"))
 
@@ -43,12 +51,12 @@ def _change_name(event: SourceEvent) -> str:
 
 def _failure(route: Route, event: SourceEvent) -> tuple[int, str] | None:
     """None if `route` builds `event`, else how far it got and why it stopped."""
-    label = f"routes[{route.name}]"
     if route.provider != event.provider:
         return _PROVIDER, ""
     # GitHub and GitLab both treat owner/project names case-insensitively.
     if not glob_match(event.repository, route.repositories, ignore_case=True):
         return _REPOSITORY, ""
+    label = f"routes[{route.name}]"
     if event.kind not in route.events:
         return _EVENT, f"{event.kind} events are not in {label}.events"
     change = event.kind in ("pull_request", "merge_request")
@@ -91,6 +99,7 @@ def match_route(event: SourceEvent, routes: Sequence[Route]) -> Route | Ignored:
     return Ignored(best[1])
 
 
+@functools.lru_cache(maxsize=1024)  # a repository's URLs come with every one of its deliveries
 def _url_host(url: str) -> str | None:
     """The lowercase host of a plain http(s) URL; None for anything else (userinfo, odd characters)."""
     if _AMBIGUOUS_URL.search(url):
@@ -112,7 +121,7 @@ def foreign_host(event: SourceEvent, allowed_hosts: Sequence[str]) -> Ignored | 
     clone token to), and the web URL picks the source type: both come from the payload. A delivery
     naming another host (169.254.169.254, an internal service) must never turn into a build.
     """
-    allowed = {host.lower() for host in allowed_hosts}
+    allowed = _lowercase(tuple(allowed_hosts))
     for label, url in (("clone URL", event.clone_url), ("repository URL", event.server_url)):
         host = _url_host(url)
         if host is None or host not in allowed:
@@ -122,6 +131,11 @@ def foreign_host(event: SourceEvent, allowed_hosts: Sequence[str]) -> Ignored | 
                 f"({', '.join(sorted(allowed))})"
             )
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _lowercase(hosts: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(host.lower() for host in hosts)
 
 
 def build_options(route: Route, event: SourceEvent) -> BuildOptions:
