@@ -41,7 +41,9 @@ GITHUB_BUILD_ACTIONS = frozenset({"opened", "synchronize", "reopened", "ready_fo
 GITLAB_BUILD_ACTIONS = frozenset({"open", "reopen"})
 
 
-@dataclass(frozen=True)
+# Not frozen, like the other two helpers here: a frozen dataclass sets each field through
+# object.__setattr__, and a push delivery makes half a dozen of these, each read once.
+@dataclass(slots=True)
 class _Fields:
     """A JSON object plus where it sits in the payload, so an error names the exact key."""
 
@@ -200,7 +202,7 @@ def _site_root(web_url: str | None, path: str) -> str | None:
 # ---------------------------------------------------------------------------------------- GitHub
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _GitHubSite:
     repository: str
     clone_url: str
@@ -526,7 +528,7 @@ def from_actions(env: Mapping[str, str], payload: Mapping[str, Any]) -> SourceEv
 # ---------------------------------------------------------------------------------------- GitLab
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _GitLabProject:
     id: int
     path: str
