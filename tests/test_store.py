@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import sqlite3
@@ -388,6 +390,16 @@ def test_event_json_round_trips(source: SourceEvent) -> None:
     assert event_from_json(event_to_json(source)) == source
 
 
+@settings(max_examples=50, deadline=None)
+@given(EVENTS)
+def test_event_json_holds_every_field_and_only_the_fields(source: SourceEvent) -> None:
+    """event_to_json writes the instance's __dict__: a cached property or any attribute set on
+    the side would land in the stored JSON, so SourceEvent must keep nothing but its fields."""
+    _ = source.short_sha  # a property computed on use is fine: nothing of it is kept
+    assert json.loads(event_to_json(source)) == dataclasses.asdict(source)
+    assert list(vars(source)) == [field.name for field in dataclasses.fields(SourceEvent)]
+
+
 def test_event_json_ignores_fields_from_a_newer_version() -> None:
     text = event_to_json(EVENT)[:-1] + ',"future_field":1}'
     assert event_from_json(text) == EVENT
@@ -655,3 +667,56 @@ def test_a_state_file_from_before_build_leases_is_upgraded(tmp_path: Path, clock
     store.close()
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA user_version").fetchone() == (2,)
+
+
+def test_an_exception_inside_a_write_rolls_it_back_and_frees_the_store(store: Store) -> None:
+    add(store, "d-1")
+
+    def fail_midway() -> None:
+        with store._transaction() as conn:
+            conn.execute("UPDATE deliveries SET state = 'failed' WHERE delivery_id = 'd-1'")
+            raise RuntimeError("boom")  # not a sqlite3 error: it reaches the caller as it is
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_midway()
+    row = store.get_delivery("d-1")
+    assert row is not None
+    assert row.state == "pending"
+    assert add(store, "d-2") is True  # the lock was released and no transaction is left open
+
+
+def test_a_commit_that_fails_is_rolled_back_and_reported_as_a_store_error(store: Store) -> None:
+    """COMMIT itself can fail (here a deferred foreign key); SQLite then keeps the transaction
+    open, so the store must roll it back before anything else is written on the connection."""
+    conn = store._conn
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    conn.execute(
+        "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+
+    def orphan() -> None:
+        with store._guard("testing a commit"), store._transaction() as written:
+            written.execute("INSERT INTO child VALUES (1)")  # accepted now, refused at COMMIT
+
+    with pytest.raises(StoreError, match="testing a commit failed: FOREIGN KEY") as caught:
+        orphan()
+    assert caught.value.http_status == 503
+    assert not conn.in_transaction
+    assert conn.execute("SELECT count(*) FROM child").fetchone() == (0,)
+    assert add(store, "d-1") is True
+
+
+def test_a_transaction_that_cannot_begin_leaves_the_lock_free(store: Store, tmp_path: Path) -> None:
+    holder = sqlite3.connect(tmp_path / "state" / "bridge.sqlite3", timeout=0)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        store._conn.execute("PRAGMA busy_timeout = 0")
+        with pytest.raises(sqlite3.OperationalError, match="locked"), store._transaction():
+            pass
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store._lock.acquire(blocking=False)
+    store._lock.release()
+    assert add(store, "d-1") is True
