@@ -15,7 +15,7 @@ Each round, against each server:
 
 Every bridge request is a real delivery: verified, parsed, routed, persisted to SQLite and answered
 202. The worker runs too, as in production: it starts each build on the CodeBuild double and posts
-commit statuses to the fake GitHub (both threads of this process, on the same machine). How many
+commit statuses to the fake GitHub (both in a process of their own, on the same machine). How many
 builds it starts while the bridge is measured depends on how fast the double answers, and each
 StartBuild costs the bridge's process ~4 ms of CPU: `builds_started` shows it for each round.
 """
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench._fakes import FakesProcess
 from bench._load import Result, closed_loop, fixed_rate
 from bench._servers import (
     GITHUB_TOKEN,
@@ -43,8 +44,6 @@ from bench._servers import (
     server_env,
     signed_push,
 )
-from tests.fakes.codebuild_double import CodeBuildDouble
-from tests.fakes.github_api import FakeGitHub
 
 
 @dataclass(frozen=True)
@@ -61,17 +60,16 @@ class Phases:
 
 
 def measure(*, rounds: int, seconds: float, connections: int, rate: float, total: int) -> dict[str, Any]:
-    double = CodeBuildDouble().start()
-    github = FakeGitHub().start()
-    github.add_token(GITHUB_TOKEN, kind="pat")
     pairs: list[tuple[Phases, Phases]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-ack-") as tmp:
-        env = server_env(double.url)
+    # The fakes the worker calls run in a process of their own, not beside the load generator
+    # (see bench/_fakes.py): in this process they stalled the generator under the bridge only.
+    with FakesProcess(GITHUB_TOKEN) as fakes, tempfile.TemporaryDirectory(prefix="bench-ack-") as tmp:
+        env = server_env(fakes.codebuild_url)
         for number in range(rounds):
             workdir = Path(tmp) / f"round-{number}"  # a fresh state file: no backlog from the last round
             workdir.mkdir()
             config = workdir / "bridge.toml"
-            config.write_text(bench_config(workdir, github.url))
+            config.write_text(bench_config(workdir, fakes.github_url))
             # One server at a time: a server left running beside the other (the bridge's worker still
             # starting the builds of the latency phase) would take CPU from the one being measured.
             load = functools.partial(
@@ -81,14 +79,12 @@ def measure(*, rounds: int, seconds: float, connections: int, rate: float, total
                 total=total,
                 connections=connections,
                 seconds=seconds,
-                starts=lambda: len(double.calls("StartBuild")),
+                starts=fakes.start_build_calls,
             )
             baseline = load("baseline", baseline_command, env=None)
             bridge = load("bridge", functools.partial(bridge_command, config), env=env)
             pairs.append((baseline, bridge))
-    builds = len(double.calls("StartBuild"))
-    double.stop()
-    github.stop()
+        builds = fakes.start_build_calls()
     return {**summarize(pairs, rate=rate), "builds_started_by_the_worker": builds}
 
 
