@@ -477,7 +477,7 @@ def _required_header(environ: Mapping[str, Any], name: str, provider: str) -> st
 
 def _require_json_content_type(environ: Mapping[str, Any], hint: str) -> None:
     # `request.mimetype`, read as werkzeug reads it: the value before any parameters, lowercased.
-    mimetype = str(environ.get("CONTENT_TYPE") or "").partition(";")[0].strip().lower()
+    mimetype = (_header(environ, "Content-Type") or "").partition(";")[0].strip().lower()
     if mimetype != "application/json":
         raise BadRequestError(f"Content-Type must be application/json, got {mimetype or 'none'!r}", hint=hint)
 

@@ -270,6 +270,17 @@ CASES = [
     Case("github unparseable JSON", lambda: _signed_raw(b"{not json"), 400, "error", 0),
     Case("github JSON array", lambda: _signed_raw(b"[1, 2]"), 400, "error", 0),
     Case(
+        "github JSON content type with a charset, in capitals",
+        lambda: _with(
+            github_delivery("push", PUSH, delivery_id="d-ct"),
+            **{"Content-Type": "Application/JSON; charset=utf-8"},
+        ),
+        202,
+        {"delivery": "d-ct", "route": "hello"},
+        1,
+        1,
+    ),
+    Case(
         "github form-encoded content type",
         lambda: _with(github_delivery("push", PUSH), **{"Content-Type": "application/x-www-form-urlencoded"}),
         400,
