@@ -7,6 +7,7 @@ leave no trace, an accepted one exactly one build.
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -419,6 +420,70 @@ def test_chunked_body_over_the_limit_is_413(app: App) -> None:
     )
     assert response.status_code == 413
     assert app.persisted() == 0
+
+
+class _RecordedInput(io.BytesIO):
+    """A WSGI input that records how it was read, or fails as a socket does when the client leaves."""
+
+    def __init__(self, body: bytes, *, fail: bool = False) -> None:
+        super().__init__(body)
+        self.reads: list[int | None] = []
+        self.fail = fail
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads.append(size)
+        if self.fail:
+            raise ConnectionResetError("connection reset by peer")
+        return super().read(size)
+
+
+def test_a_body_of_declared_length_is_read_in_one_call(app: App) -> None:
+    """One read of exactly Content-Length bytes: werkzeug's stream reads 64 KB steps through copies.
+
+    The environ is gunicorn's: it marks every input terminated, whatever its length.
+    """
+    delivery = github_delivery("push", PUSH)
+    stream = _RecordedInput(delivery.body)
+    response = app.client.post(
+        delivery.path,
+        data=delivery.body,
+        headers=delivery.headers,
+        environ_overrides={"wsgi.input": stream, "wsgi.input_terminated": True},
+    )
+    assert response.status_code == 202
+    assert stream.reads == [len(delivery.body)]
+    assert app.builds_started() == 1
+
+
+def test_a_body_shorter_than_its_content_length_is_400(app: App) -> None:
+    """The sender stopped mid-body: a clear 400, not an unexpected error and never a build."""
+    delivery = github_delivery("push", PUSH)
+    response = app.client.post(
+        delivery.path,
+        data=delivery.body,
+        headers=delivery.headers,
+        environ_overrides={"CONTENT_LENGTH": str(len(delivery.body) + 10)},
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"] == (
+        f"request body ended after {len(delivery.body)} of its {len(delivery.body) + 10} declared bytes"
+    )
+    assert app.persisted() == 0
+    assert app.builds_started() == 0
+
+
+def test_a_connection_lost_mid_body_is_400(app: App) -> None:
+    delivery = github_delivery("push", PUSH)
+    response = app.client.post(
+        delivery.path,
+        data=delivery.body,
+        headers=delivery.headers,
+        environ_overrides={"wsgi.input": _RecordedInput(delivery.body, fail=True)},
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "request body could not be read (ConnectionResetError)"
+    assert app.persisted() == 0
+    assert app.builds_started() == 0
 
 
 def test_duplicate_github_delivery_builds_once(app: App) -> None:
