@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,6 +100,37 @@ def test_the_edges_include_bodies_orjson_alone_would_refuse() -> None:
 def test_only_a_long_integer_token_leaves_the_fast_path(body: bytes, long_integer: bool) -> None:
     assert may_hold_a_long_integer(body) is long_integer
     assert outcome(parse_json, body) == outcome(json.loads, body)
+
+
+# The definition, written the slow way: 19 digits that start a token (at the start of the body, or
+# after `[`, `:`, `,` or whitespace, with an optional minus).
+_LONG_INTEGER_TOKEN = re.compile(rb"(?:\A|[\[:, \t\n\r])-?[0-9]{19}")
+
+
+# Pieces that make runs of 18, 19 and more digits in every context, glued in any order.
+_PIECES = st.sampled_from(
+    [
+        b"1234567890123456789",
+        b"123456789012345678",
+        b"0",
+        b"7",
+        b"-",
+        b"[",
+        b":",
+        b",",
+        b" ",
+        b"\n",
+        b'"',
+        b"a",
+    ]
+)
+
+
+@settings(max_examples=500)
+@given(body=st.lists(_PIECES, max_size=12).map(b"".join) | st.binary(max_size=64))
+def test_the_long_integer_check_matches_its_definition(body: bytes) -> None:
+    """The quick search for a digit run, then the context check, answer as the definition does."""
+    assert may_hold_a_long_integer(body) is (_LONG_INTEGER_TOKEN.search(body) is not None)
 
 
 def test_a_new_branch_push_with_its_zero_sha_takes_the_fast_path() -> None:
