@@ -66,9 +66,13 @@ def loads(body: bytes) -> Any:
 def may_hold_a_long_integer(body: bytes) -> bool:
     """True when `body` may hold an integer orjson would read as a float; false positives only cost time."""
     classes = body.translate(_CLASSES)
-    if _RUN not in classes:  # the usual answer, found in one search
+    # find(), not `in`: bytes' `in` first tries its operand as an integer (`65 in b"A"`), and for a
+    # bytes operand raises, formats and clears a TypeError on every call.
+    if classes.find(_RUN) < 0:  # the usual answer, found in one search
         return False
-    return classes.startswith(_LONG_INTEGER_STARTS) or any(token in classes for token in _LONG_INTEGER_TOKENS)
+    return classes.startswith(_LONG_INTEGER_STARTS) or any(
+        classes.find(token) >= 0 for token in _LONG_INTEGER_TOKENS
+    )
 
 
 class Encoder:
