@@ -56,8 +56,11 @@ class App:
     double: CodeBuildDouble
     environ: dict[str, str]
 
-    def send(self, delivery: Delivery) -> TestResponse:
-        return self.client.post(delivery.path, data=delivery.body, headers=delivery.headers)
+    def send(self, delivery: Delivery, environ: dict[str, Any] | None = None) -> TestResponse:
+        """POST the delivery; `environ` overrides what the test client puts in the WSGI environ."""
+        return self.client.post(
+            delivery.path, data=delivery.body, headers=delivery.headers, environ_overrides=environ
+        )
 
     def persisted(self) -> int:
         counts = self.services.store.counts()
@@ -397,12 +400,7 @@ def test_wrong_method_is_405(app: App) -> None:
 
 def test_declared_length_over_the_limit_is_413_before_reading(app: App) -> None:
     delivery = github_delivery("push", PUSH)
-    response = app.client.post(
-        delivery.path,
-        data=delivery.body,
-        headers=delivery.headers,
-        environ_overrides={"CONTENT_LENGTH": str(LIMIT + 1)},
-    )
+    response = app.send(delivery, {"CONTENT_LENGTH": str(LIMIT + 1)})
     assert response.status_code == 413
     assert app.persisted() == 0
 
@@ -444,12 +442,7 @@ def test_a_body_of_declared_length_is_read_in_one_call(app: App) -> None:
     """
     delivery = github_delivery("push", PUSH)
     stream = _RecordedInput(delivery.body)
-    response = app.client.post(
-        delivery.path,
-        data=delivery.body,
-        headers=delivery.headers,
-        environ_overrides={"wsgi.input": stream, "wsgi.input_terminated": True},
-    )
+    response = app.send(delivery, {"wsgi.input": stream, "wsgi.input_terminated": True})
     assert response.status_code == 202
     assert stream.reads == [len(delivery.body)]
     assert app.builds_started() == 1
@@ -458,12 +451,7 @@ def test_a_body_of_declared_length_is_read_in_one_call(app: App) -> None:
 def test_a_body_shorter_than_its_content_length_is_400(app: App) -> None:
     """The sender stopped mid-body: a clear 400, not an unexpected error and never a build."""
     delivery = github_delivery("push", PUSH)
-    response = app.client.post(
-        delivery.path,
-        data=delivery.body,
-        headers=delivery.headers,
-        environ_overrides={"CONTENT_LENGTH": str(len(delivery.body) + 10)},
-    )
+    response = app.send(delivery, {"CONTENT_LENGTH": str(len(delivery.body) + 10)})
     assert response.status_code == 400
     assert response.get_json()["error"] == (
         f"request body ended after {len(delivery.body)} of its {len(delivery.body) + 10} declared bytes"
@@ -474,12 +462,7 @@ def test_a_body_shorter_than_its_content_length_is_400(app: App) -> None:
 
 def test_a_connection_lost_mid_body_is_400(app: App) -> None:
     delivery = github_delivery("push", PUSH)
-    response = app.client.post(
-        delivery.path,
-        data=delivery.body,
-        headers=delivery.headers,
-        environ_overrides={"wsgi.input": _RecordedInput(delivery.body, fail=True)},
-    )
+    response = app.send(delivery, {"wsgi.input": _RecordedInput(delivery.body, fail=True)})
     assert response.status_code == 400
     assert response.get_json()["error"] == "request body could not be read (ConnectionResetError)"
     assert app.persisted() == 0

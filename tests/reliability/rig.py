@@ -38,8 +38,11 @@ class Rig:
     double: CodeBuildDouble
     environ: dict[str, str]
 
-    def send(self, delivery: Delivery) -> TestResponse:
-        return self.client.post(delivery.path, data=delivery.body, headers=delivery.headers)
+    def send(self, delivery: Delivery, environ: dict[str, Any] | None = None) -> TestResponse:
+        """POST the delivery; `environ` overrides what the test client puts in the WSGI environ."""
+        return self.client.post(
+            delivery.path, data=delivery.body, headers=delivery.headers, environ_overrides=environ
+        )
 
     def builds_started(self) -> int:
         self.worker.drain_pending()

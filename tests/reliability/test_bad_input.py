@@ -113,6 +113,7 @@ class Case:
     reason: str = ""  # a fragment the answer's text must contain
     prelude_builds: int = 0
     tags: tuple[str, ...] = field(default=())
+    environ: dict[str, str] = field(default_factory=dict)  # WSGI environ overrides (a lying Content-Length)
 
 
 _REPLAYED = github_delivery("push", push(), delivery_id="replayed-1")
@@ -210,6 +211,14 @@ CASES: list[Case] = [
         reason="Content-Type",
     ),
     Case("body over the limit", lambda: github_delivery("push", _BIG), 413, "error"),
+    Case(
+        "body shorter than its Content-Length",
+        lambda: github_delivery("push", push()),
+        400,
+        "error",
+        reason="declared bytes",
+        environ={"CONTENT_LENGTH": "100000"},  # more than it sends, under the limit
+    ),
     Case("objects nested 40,000 levels", lambda: github_delivery("push", nested(40_000)), 400, "error"),
     Case(
         "array nested 100,000 levels", lambda: github_delivery("push", nested_arrays(100_000)), 400, "error"
@@ -419,7 +428,7 @@ def test_bad_input_is_answered_and_builds_nothing(rig_factory: RigFactory, case:
         assert rig.send(earlier()).status_code == 202
     assert rig.builds_started() == case.prelude_builds
 
-    response = rig.send(case.request())
+    response = rig.send(case.request(), case.environ)
 
     assert response.status_code == case.status, response.get_data(as_text=True)
     assert response.mimetype == "application/json"
