@@ -405,6 +405,14 @@ def test_declared_length_over_the_limit_is_413_before_reading(app: App) -> None:
     assert app.persisted() == 0
 
 
+@pytest.mark.parametrize("length", ["9" * 5000, "1" + "0" * 30], ids=["5,000 digits", "31 digits"])
+def test_an_absurd_content_length_is_413(app: App, length: str) -> None:
+    """int() refuses a string of over 4,300 digits: such a length is answered as too large, not a 500."""
+    response = app.send(github_delivery("push", PUSH), {"CONTENT_LENGTH": length})
+    assert response.status_code == 413
+    assert app.persisted() == 0
+
+
 def test_chunked_body_over_the_limit_is_413(app: App) -> None:
     """No Content-Length (chunked): the read itself is capped by MAX_CONTENT_LENGTH.
 
