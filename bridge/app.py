@@ -452,12 +452,12 @@ def _read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     werkzeug would read differently) takes werkzeug's path. gunicorn marks every input terminated
     (`wsgi.input_terminated`), so that flag says nothing about the length.
     """
-    length = environ.get("CONTENT_LENGTH")
+    length = _header(environ, "Content-Length")
     if (
-        isinstance(length, str)
+        length is not None
         and length.isascii()
         and length.isdigit()
-        and "HTTP_TRANSFER_ENCODING" not in environ
+        and _header(environ, "Transfer-Encoding") is None
     ):
         digits = length.lstrip("0")
         # More digits than any limit has is too large, and int() refuses a string of over 4,300 digits.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-import boto3
 import requests
 
 from bench._fakes import FakesProcess
+from tests.fakes.codebuild_double import codebuild_client
 
 
 def test_the_fakes_answer_from_their_own_process_count_start_builds_and_stop() -> None:
@@ -18,14 +18,7 @@ def test_the_fakes_answer_from_their_own_process_count_start_builds_and_stop() -
         assert fakes.codebuild_url.startswith("http://127.0.0.1:")
         assert fakes.github_url.startswith("http://127.0.0.1:")
         assert fakes.start_build_calls() == 0
-        codebuild = boto3.client(
-            "codebuild",
-            endpoint_url=fakes.codebuild_url,
-            region_name="eu-west-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-        )
-        codebuild.start_build(projectName="bench")
+        codebuild_client(fakes.codebuild_url).start_build(projectName="bench")
         assert fakes.start_build_calls() == 1
         # The fake GitHub takes the token it was given, and only that one.
         status = f"{fakes.github_url}/repos/octo-org/octo-repo/statuses/{'a' * 40}"

@@ -17,7 +17,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from botocore.parsers import JSONParser, RpcV2CBORParser
 
-from tests.fakes.codebuild_double import CodeBuildDouble, Scenario
+from tests.fakes.codebuild_double import CodeBuildDouble, Scenario, codebuild_client
 
 MODEL = botocore.session.get_session().get_service_model("codebuild")
 
@@ -167,13 +167,7 @@ def test_idempotency_token_is_remembered_for_five_minutes(moto_url: str) -> None
     now = [0.0]
     double = CodeBuildDouble(clock=lambda: now[0]).start()
     try:
-        client = boto3.client(
-            "codebuild",
-            endpoint_url=double.url,
-            region_name="eu-west-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        client = codebuild_client(double.url)
         first = client.start_build(projectName="app", sourceVersion="main", idempotencyToken="t1")["build"]
         now[0] = 299
         assert (

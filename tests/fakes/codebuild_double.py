@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import boto3
 import botocore.exceptions
 import botocore.model
 import botocore.session
@@ -389,6 +390,17 @@ class BatchScenario:
     """
 
     builds: Mapping[str, Scenario] = field(default_factory=lambda: {"build1": Scenario()})
+
+
+def codebuild_client(url: str) -> Any:
+    """A boto3 CodeBuild client for the double at `url`, throwaway credentials: it reaches nothing else."""
+    return boto3.client(
+        "codebuild",
+        endpoint_url=url,
+        region_name="eu-west-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def batch_identifiers(buildspec: str | None) -> list[str]:
