@@ -81,11 +81,6 @@ class GitHubSettings:
         """Where repository URLs in deliveries may point: the configured hosts, else api_url's web host."""
         return self.repository_hosts or (github_web_host(self.api_url),)
 
-    @property
-    def uses_app(self) -> bool:
-        """Check runs need a GitHub App; a token alone can only post commit statuses."""
-        return self.app_id is not None and self.private_key is not None
-
 
 @dataclass(frozen=True)
 class GitLabSettings:

@@ -99,9 +99,6 @@ class _Fields:
             raise self._bad(key, "an integer", value)
         return value
 
-    def maybe_integer(self, key: str) -> int | None:
-        return None if self.data.get(key) is None else self.integer(key)
-
     def flag(self, key: str) -> bool:
         """A boolean that is false when absent (GitHub and GitLab omit some on older versions)."""
         value = self.data.get(key)

@@ -184,13 +184,6 @@ def compose_image_uri(repository: str, tag: str, *, input_name: str = "image-rep
     return f"{repository}:{tag}"
 
 
-def ecr_registry(image_uri: str) -> tuple[str, str] | None:
-    """(account id, region) when the image goes to ECR, so callers know which registry to log in to."""
-    host = image_uri.partition("/")[0]
-    match = _ECR_HOST.fullmatch(host)
-    return (match["account"], match["region"]) if match else None
-
-
 _TAG_PLACEHOLDERS = ("sha", "short_sha", "branch", "tag", "pr", "ref_slug")
 _UNSAFE_TAG_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 _UNSAFE_SLUG_CHARS = re.compile(r"[^a-z0-9]+")

@@ -195,13 +195,6 @@ class _Started:
     leased_at: float  # services.monotonic() when the lease was last taken or renewed
 
 
-@dataclass
-class _Tick:
-    started: int = 0
-    failed: int = 0
-    retried: int = 0
-
-
 class Worker:
     """Drains pending deliveries and tracks builds; `run_once` is the whole cycle, for tests and the loop."""
 

@@ -15,7 +15,7 @@ import pytest
 
 from bridge import builders
 from bridge.builders import BuilderSpec, Capabilities
-from bridge.builders.base import CapableBuilder, LogTail
+from bridge.builders.base import LogTail
 from bridge.builders.local import LocalBuilder
 from bridge.config import Config, InvalidConfigError, LocalBuilderSettings, parse_config
 from bridge.errors import ConfigError
@@ -319,8 +319,7 @@ def echo_builder() -> Iterator[RecordingBuilder]:
 def test_a_registered_third_builder_is_a_route_choice_and_builds(
     tmp_path: Path, echo_builder: RecordingBuilder
 ) -> None:
-    conforming: CapableBuilder = echo_builder  # mypy checks the protocol here
-    assert conforming.capabilities.stop
+    assert echo_builder.capabilities.stop
 
     config = parse(GITHUB + route(builder="echo"), tmp_path)
     made = route_builders(config)

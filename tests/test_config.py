@@ -95,7 +95,8 @@ def test_the_example_file_loads_with_every_setting() -> None:
     assert config.server.public_url == "https://bridge.example.com"
     assert config.aws.region == "eu-west-1"
     assert config.github is not None
-    assert config.github.uses_app
+    assert config.github.app_id is not None
+    assert config.github.private_key is not None
     assert config.github.webhook_secrets == (SecretRef("secretsmanager", "bridge/github", "webhook_secret"),)
     assert config.gitlab is not None
     assert config.gitlab.api_url == "https://gitlab.com/api/v4"
@@ -204,7 +205,7 @@ def test_urls_lose_their_trailing_slash_and_http_is_accepted_only_on_loopback() 
 def test_a_token_alone_is_enough_for_github() -> None:
     config = parse('[github]\ntoken = "env:GITHUB_TOKEN"\nwebhook_secrets = ["env:HOOK_A", "env:HOOK_B"]\n')
     assert config.github is not None
-    assert not config.github.uses_app
+    assert config.github.app_id is None
     assert config.github.token == SecretRef("env", "GITHUB_TOKEN")
     assert len(config.github.webhook_secrets) == 2
 

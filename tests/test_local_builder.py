@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge import events
-from bridge.builders.local import LocalBuilder, LocalLogTail, find_tool, is_local_build
+from bridge.builders.local import ID_PREFIX, LocalBuilder, LocalLogTail, find_tool
 from bridge.config import LocalBuilderSettings, parse_config
 from bridge.errors import BuilderError, ConfigError
 from bridge.model import BuildOptions, BuildRecord, BuildRequest, SourceEvent
@@ -206,7 +206,7 @@ def test_build_goes_queued_in_progress_succeeded_and_the_image_exists(
 
     first = builder.start(request_for(repo, seed="first"))
     second = builder.start(request_for(repo, seed="second"))
-    assert is_local_build(first["id"])
+    assert first["id"].startswith(ID_PREFIX)
     assert first["id"] != second["id"]
     assert build_status(first, region="local").state == "queued"
     assert second["buildNumber"] == first["buildNumber"] + 1
@@ -597,7 +597,7 @@ storage_root = "{tmp_path / "storage"}"
     assert worker.drain_pending() == 1
     build_id = services.store.get_delivery("local-1").build_id  # type: ignore[union-attr]
     assert build_id is not None
-    assert is_local_build(build_id)
+    assert build_id.startswith(ID_PREFIX)
     local.wait(build_id, WAIT_SECONDS)
     worker.track_builds()
 

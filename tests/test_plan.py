@@ -30,7 +30,6 @@ from bridge.errors import ConfigError, InputError
 from bridge.model import BuildOptions, EnvVar, SourceEvent
 from bridge.plan import (
     compose_image_uri,
-    ecr_registry,
     idempotency_token,
     packaged_buildspec,
     parse_bool,
@@ -775,7 +774,6 @@ IMAGE_GOOD = [
 def test_compose_image_uri(repository: str, tag: str, ecr: tuple[str, str] | None) -> None:
     uri = compose_image_uri(repository, tag)
     assert uri == f"{repository}:{tag}"
-    assert ecr_registry(uri) == ecr
 
 
 IMAGE_BAD = [
@@ -820,20 +818,6 @@ def test_compose_image_uri_names_the_input() -> None:
         compose_image_uri("nohost", "v1", input_name="routes[0].image_repository")
     assert caught.value.name == "routes[0].image_repository"
     assert "ghcr.io/owner/app" in caught.value.hint  # shows the expected form
-
-
-@pytest.mark.parametrize(
-    ("uri", "expected"),
-    [
-        (f"{ECR_REPO}:v1", ("123456789012", "us-east-1")),
-        ("123456789012.dkr.ecr.cn-northwest-1.amazonaws.com.cn/x:y", ("123456789012", "cn-northwest-1")),
-        ("ghcr.io/o/r:v1", None),
-        ("evil.com/123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1", None),
-        ("123456789012.dkr.ecr.us-east-1.amazonaws.com.evil.com/x:1", None),
-    ],
-)
-def test_ecr_registry(uri: str, expected: tuple[str, str] | None) -> None:
-    assert ecr_registry(uri) == expected
 
 
 _COMPONENT = st.from_regex(r"[a-z0-9]{1,5}(?:(?:[._]|__|-{1,3})[a-z0-9]{1,5}){0,2}", fullmatch=True)

@@ -56,9 +56,3 @@ class Builder(Protocol):
     def close(self) -> None:
         """At shutdown, once: a builder that runs builds itself stops them and records it."""
         ...
-
-
-class CapableBuilder(Builder, Protocol):
-    """A Builder that states its capabilities (every builder registered in bridge.builders)."""
-
-    capabilities: Capabilities

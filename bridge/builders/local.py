@@ -58,10 +58,6 @@ ToolName = Literal["buildah", "podman", "docker"]
 CloneCredentials = Callable[[BuildRequest], "tuple[str, Secret] | None"]
 
 
-def is_local_build(build_id: str) -> bool:
-    return build_id.startswith(ID_PREFIX)
-
-
 def find_tool(preference: str, which: Callable[[str], str | None] = shutil.which) -> tuple[ToolName, str]:
     """The build tool to use: the named one, or for "auto" the first of buildah, podman, docker found."""
     candidates = TOOLS if preference == "auto" else (preference,)
