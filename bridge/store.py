@@ -50,7 +50,10 @@ __all__ = [
 
 DeliveryState = Literal["pending", "started", "failed", "ignored"]
 
-_BUSY_TIMEOUT_SECONDS: Final = 10.0
+# How long one store call waits for a lock (this process's, or another process's on the file):
+# the webhook sender is waiting behind it (GitHub gives up after 10 s), and a delivery may wait for
+# the write in flight before its own, so two waits must fit well inside that.
+_BUSY_TIMEOUT_SECONDS: Final = 2.0
 _SCHEMA_VERSION: Final = 2
 # Columns added after version 1, for state files written by an older bridge: (table, column, type).
 _ADDED_COLUMNS: Final = (("builds", "lease_owner", "TEXT"),)
@@ -363,14 +366,15 @@ class _Transaction:
     eight request threads waiting), and COMMIT is the fsync.
     """
 
-    __slots__ = ("_conn", "_lock")
+    __slots__ = ("_conn", "_lock", "_wait")
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock, wait: float) -> None:
         self._conn = conn
         self._lock = lock
+        self._wait = wait
 
     def __enter__(self) -> sqlite3.Connection:
-        self._lock.acquire()
+        _acquire(self._lock, self._wait)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except BaseException:
@@ -398,6 +402,15 @@ class _Transaction:
             self._conn.execute("ROLLBACK")
 
 
+def _acquire(lock: threading.Lock, wait: float) -> None:
+    """The store's lock, or StoreError once `wait` has passed: a call never waits without a deadline."""
+    if not lock.acquire(timeout=wait):
+        raise StoreError(
+            f"the state store is busy: no turn within {wait:g} s",
+            hint="another request or process holds the state file; the sender will retry",
+        )
+
+
 class _Guard:
     """A sqlite3 error inside becomes a StoreError that names what the store was doing."""
 
@@ -413,6 +426,11 @@ class _Guard:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         if isinstance(error, sqlite3.Error):
+            if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                raise StoreError(
+                    f"the state store is busy: {self._action} waited too long for the state file's lock",
+                    hint="another process holds server.state_path; the sender will retry",
+                ) from None
             raise StoreError(f"state store: {self._action} failed: {error}") from None
 
 
@@ -427,6 +445,7 @@ class SqliteStore:
         """`busy_timeout`: how long a write waits for another process's lock before StoreError."""
         self._clock = clock
         self._lock = threading.Lock()
+        self._wait = busy_timeout
         self._batch = _GroupCommit()
         self._path = str(path)
         try:
@@ -453,14 +472,17 @@ class SqliteStore:
 
     def _transaction(self) -> _Transaction:
         """One write transaction; the write lock is taken up front so it cannot deadlock on upgrade."""
-        return _Transaction(self._conn, self._lock)
+        return _Transaction(self._conn, self._lock, self._wait)
 
     def _guard(self, action: str) -> _Guard:
         return _Guard(action)
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
+        _acquire(self._lock, self._wait)
+        try:
             return self._conn.execute(sql, params).fetchall()
+        finally:
+            self._lock.release()
 
     # --- deliveries -----------------------------------------------------------------------------
 
@@ -797,7 +819,7 @@ class SqliteStore:
                     " ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at",
                     (self._clock(),),
                 )
-        except sqlite3.Error:
+        except (sqlite3.Error, StoreError):
             return False
         return True
 

@@ -323,6 +323,17 @@ def test_update_build_sets_only_the_given_fields(store: Store, clock: Clock) -> 
 # --- health and errors ----------------------------------------------------------------------------
 
 
+def test_a_call_waits_for_a_turn_at_the_store_no_longer_than_the_busy_timeout(tmp_path: Path) -> None:
+    store = Store(tmp_path / "turn.sqlite3", busy_timeout=0.2)
+    with store._transaction():  # a write of this process in flight (the lock is not re-entrant)
+        with pytest.raises(StoreError) as caught:
+            store.active_builds()
+        assert store.writable() is False
+    assert caught.value.http_status == 503
+    assert "no turn within 0.2 s" in caught.value.message
+    assert store.active_builds() == []
+
+
 def test_a_locked_file_is_a_503_and_not_writable(tmp_path: Path) -> None:
     path = tmp_path / "locked.sqlite3"
     store = Store(path, busy_timeout=0.2)
@@ -334,7 +345,7 @@ def test_a_locked_file_is_a_503_and_not_writable(tmp_path: Path) -> None:
         with pytest.raises(StoreError) as caught:
             add(store, "d-1")
         assert caught.value.http_status == 503
-        assert "locked" in str(caught.value)
+        assert "state store is busy" in str(caught.value)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
