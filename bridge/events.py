@@ -25,10 +25,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from bridge.core.approval import ApprovalCommand, matches_command, number_of_action
 from bridge.errors import BadRequestError, InputError
 from bridge.model import EventKind, Ignored, Provider, SourceEvent
 
-__all__ = ["from_actions", "from_github", "from_gitlab"]
+__all__ = [
+    "from_actions",
+    "from_github",
+    "from_gitlab",
+    "github_approval",
+    "github_pull_request_from_api",
+    "gitlab_approval",
+]
 
 # SHA-1 object ids, and SHA-256 ones for repositories created with --object-format=sha256.
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
@@ -587,6 +595,13 @@ def _gitlab_merge_request(root: _Fields) -> SourceEvent | Ignored:
             return Ignored(f"merge request !{iid} updated without new commits")
     elif action not in GITLAB_BUILD_ACTIONS:
         return Ignored(f"merge request action {action!r} does not change the code to build")
+    return _gitlab_change(root, attrs, action)
+
+
+def _gitlab_change(root: _Fields, attrs: _Fields, action: str) -> SourceEvent | Ignored:
+    """A merge request's head, from a Merge Request Hook's object_attributes or a Note Hook's
+    merge_request (the same fields)."""
+    iid = attrs.integer("iid")
     sha = attrs.obj("last_commit").sha("id")
     source = attrs.maybe_obj("source")
     if source is None:
@@ -651,4 +666,117 @@ def inherit_rerun(rerun: SourceEvent, original: SourceEvent) -> SourceEvent:
         installation_id=rerun.installation_id or original.installation_id,
         check_run_id=rerun.check_run_id,
         sender=rerun.sender,
+    )
+
+
+# ------------------------------------------------------------------------------ approval commands
+
+APPROVED_ACTION = "approved"  # the action of a change event made from an approval
+
+
+def github_approval(
+    event_name: str, payload: Mapping[str, Any], *, command: str
+) -> ApprovalCommand | Ignored | None:
+    """A maintainer's approval (an `issue_comment` on a pull request, or the check run's approve
+    button), or why this comment or button approves nothing; None for every other event."""
+    if event_name == "issue_comment":
+        root = _Fields.root(payload, "github", event_name)
+        action = root.text("action")
+        if action != "created":
+            return Ignored(f"issue_comment action {action!r} approves nothing (only new comments count)")
+        issue = root.obj("issue")
+        number = issue.integer("number")
+        if issue.maybe_obj("pull_request") is None:
+            return Ignored(f"comment on issue #{number}: only pull request comments approve builds")
+        comment = root.obj("comment")
+        matched, sha = matches_command(comment.maybe_text("body") or "", command)
+        if not matched:
+            return Ignored(f"comment on #{number} is not the approval command {command}")
+        return ApprovalCommand(
+            provider="github",
+            via="comment",
+            repository=root.obj("repository").text("full_name"),
+            number=number,
+            by=comment.obj("user").text("login"),
+            sha=sha,
+            installation_id=_installation_id(root),
+        )
+    if event_name == "check_run" and payload.get("action") == "requested_action":
+        root = _Fields.root(payload, "github", event_name)
+        identifier = root.obj("requested_action").text("identifier")
+        button_number = number_of_action(identifier)
+        if button_number is None:
+            return Ignored(f"check_run button {identifier[:40]!r} is not bridge's approve button")
+        return ApprovalCommand(
+            provider="github",
+            via="button",
+            repository=root.obj("repository").text("full_name"),
+            number=button_number,
+            by=root.obj("sender").text("login"),
+            sha=root.obj("check_run").sha("head_sha"),
+            installation_id=_installation_id(root),
+        )
+    return None
+
+
+def _installation_id(root: _Fields) -> int | None:
+    installation = root.maybe_obj("installation")
+    return installation.integer("id") if installation else None
+
+
+def github_pull_request_from_api(
+    pull: Mapping[str, Any], *, sender: str, installation_id: int | None, api_url: str | None = None
+) -> SourceEvent | Ignored:
+    """The pull request as the REST API returns it (GET /repos/{o}/{r}/pulls/{n}) → the same event
+    its webhook delivery would make: the API object and the webhook's `pull_request` share a shape."""
+    pr = _Fields.root(pull, "github", "pull_request")
+    base_repo = pr.obj("base").obj("repo")
+    root = {
+        "action": APPROVED_ACTION,
+        "pull_request": pull,
+        "repository": base_repo.data,
+        "sender": {"login": sender},
+        **({"installation": {"id": installation_id}} if installation_id is not None else {}),
+    }
+    fields = _Fields.root(root, "github", "pull_request")
+    if pr.obj("head").maybe_obj("repo") is None:
+        return Ignored(f"pull request #{pr.integer('number')}: its head repository was deleted")
+    if pr.text("state") != "open":
+        return Ignored(f"pull request #{pr.integer('number')} is {pr.text('state')}: nothing to approve")
+    return _github_pull_request(fields, "pull_request", _github_site(fields, "https://github.com", api_url))
+
+
+def gitlab_approval(
+    event_header: str, payload: Mapping[str, Any], *, command: str
+) -> ApprovalCommand | Ignored | None:
+    """A Note Hook on a merge request that is the approval command, or why it approves nothing;
+    None for every other event. The note's merge request is the change, at the head the approver saw."""
+    if event_header != "Note Hook":
+        return None
+    root = _Fields.root(payload, "gitlab", event_header)
+    attrs = root.obj("object_attributes")
+    kind = attrs.text("noteable_type")
+    if kind != "MergeRequest":
+        return Ignored(f"comment on a {kind}: only merge request comments approve builds")
+    merge_request = root.obj("merge_request")
+    iid = merge_request.integer("iid")
+    matched, named = matches_command(attrs.maybe_text("note") or "", command)
+    if not matched:
+        return Ignored(f"comment on !{iid} is not the approval command {command}")
+    if merge_request.maybe_text("state") not in (None, "opened"):
+        return Ignored(f"merge request !{iid} is {merge_request.text('state')}: nothing to approve")
+    change = _gitlab_change(root, merge_request, APPROVED_ACTION)
+    if isinstance(change, Ignored):
+        return change
+    user = root.obj("user")
+    return ApprovalCommand(
+        provider="gitlab",
+        via="comment",
+        repository=change.repository,
+        number=iid,
+        by=user.text("username"),
+        sha=named or change.sha,
+        user_id=user.integer("id"),
+        project_id=root.obj("project").integer("id"),
+        change=change,
     )

@@ -144,6 +144,18 @@ class PhaseRow:
 
 
 @dataclass(frozen=True)
+class CheckAction:
+    """A button on a GitHub check run (at most 3; label <= 20, description <= 40, identifier <= 20 chars).
+
+    Pressing it sends the App a `check_run` `requested_action` delivery carrying the identifier.
+    """
+
+    label: str
+    description: str
+    identifier: str
+
+
+@dataclass(frozen=True)
 class BuildStatus:
     """A provider-neutral view of a build, ready to post as a check run or a commit status."""
 
@@ -160,6 +172,9 @@ class BuildStatus:
     logs_url: str | None = None
     image_uri: str | None = None
     image_digest: str | None = None
+    # Buttons for check runs (others ignore them); GitHub shows them on completed runs only, so a
+    # status with actions is posted as conclusion action_required (core.approval's waiting status).
+    actions: tuple[CheckAction, ...] = ()
 
     @property
     def done(self) -> bool:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from bridge import routing
 from bridge.builders import CODEBUILD_CAPABILITIES
 from bridge.config import Config, Route
+from bridge.core.approval import ApprovalCommand
 from bridge.errors import ConfigError, SignatureError
 from bridge.metrics import Metrics
 from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, SourceEvent
@@ -41,6 +42,16 @@ log = logging.getLogger("bridge.services")
 
 HTTP_TIMEOUT_SECONDS: Final = 10
 MAX_CERTIFICATE_BYTES: Final = 64 * 1024
+
+
+class ApprovalLookups(Protocol):
+    """What deciding on an approval needs from the providers' APIs (`ProviderReporters` is one)."""
+
+    def github_permission(self, command: ApprovalCommand) -> str: ...
+
+    def github_pull_request(self, command: ApprovalCommand) -> Mapping[str, Any]: ...
+
+    def gitlab_access_level(self, command: ApprovalCommand) -> int | None: ...
 
 
 class StatusReporter(Protocol):
@@ -69,6 +80,19 @@ class Services:
     monotonic: Callable[[], float] = time.monotonic
     builders: Mapping[str, Builder] = field(default_factory=dict)  # other builders by name (`local`)
     queue: DeliveryQueue | None = None  # None: the store's own pending rows (SQLite, one replica)
+    approvals: ApprovalLookups | None = None  # None: the reporters' clients, when they can answer
+
+    @property
+    def approval_lookups(self) -> ApprovalLookups:
+        if self.approvals is not None:
+            return self.approvals
+        if isinstance(self.reporters, ProviderReporters):
+            return self.reporters
+        raise ConfigError(
+            "this server has no GitHub/GitLab clients to check approvals with",
+            key="github",
+            hint="configure the provider's credentials (github.app_id/private_key or token; gitlab.token)",
+        )
 
     @cached_property
     def delivery_queue(self) -> DeliveryQueue:
@@ -159,19 +183,15 @@ class ProviderReporters:
             return self._github_reporter(event, route)
         return self._gitlab_reporter(event, route)
 
-    def _github_reporter(self, event: SourceEvent, route: Route) -> StatusReporter | None:
-        from bridge.reporters.github import (
-            BoundReporter,
-            CheckRunReporter,
-            CommitStatusReporter,
-            github_client,
-        )
+    def _github_client(self, installation_id: int | None, repository: str) -> github.Github | None:
+        """The client for one installation (App) or the token's; None without GitHub credentials."""
+        from bridge.reporters.github import github_client
 
         settings = self._config.github
         if settings is None:
             return None
         if settings.app_id is not None and settings.private_key is not None:
-            cache_key: object = ("app", event.installation_id or event.repository)
+            cache_key: object = ("app", installation_id or repository)
             with self._lock:
                 gh = self._github.get(cache_key)
                 if gh is None:
@@ -179,15 +199,12 @@ class ProviderReporters:
                         settings.api_url,
                         app_id=settings.app_id,
                         private_key=self._secrets.get(settings.private_key, key="github.private_key"),
-                        installation_id=event.installation_id,
-                        repository=event.repository,
+                        installation_id=installation_id,
+                        repository=repository,
                         seconds_between_writes=self._write_interval,
                     )
                     self._github[cache_key] = gh
-            # take_over: a replica killed after creating the check run but before recording its id
-            # must not leave it "queued" forever next to a second one; the next reporter adopts it.
-            reporter = CheckRunReporter(gh, event.repository, name=route.context, take_over=True)
-            return BoundReporter(reporter, event)
+            return gh
         if settings.token is not None:
             with self._lock:
                 gh = self._github.get("token")
@@ -198,11 +215,72 @@ class ProviderReporters:
                         seconds_between_writes=self._write_interval,
                     )
                     self._github["token"] = gh
-            return BoundReporter(CommitStatusReporter(gh, event.repository, context=route.context), event)
-        log.warning(
-            "no GitHub credentials configured; statuses are not reported", extra={"route": route.name}
-        )
+            return gh
         return None
+
+    def _github_reporter(self, event: SourceEvent, route: Route) -> StatusReporter | None:
+        from bridge.reporters.github import BoundReporter, CheckRunReporter, CommitStatusReporter
+
+        settings = self._config.github
+        if settings is None:
+            return None
+        gh = self._github_client(event.installation_id, event.repository)
+        if gh is None:
+            log.warning(
+                "no GitHub credentials configured; statuses are not reported", extra={"route": route.name}
+            )
+            return None
+        if settings.app_id is not None and settings.private_key is not None:
+            # take_over: a replica killed after creating the check run but before recording its id
+            # must not leave it "queued" forever next to a second one; the next reporter adopts it.
+            reporter = CheckRunReporter(gh, event.repository, name=route.context, take_over=True)
+            return BoundReporter(reporter, event)
+        return BoundReporter(CommitStatusReporter(gh, event.repository, context=route.context), event)
+
+    # -- what approvals need to know (core.approval decides with the answers) -------------------
+
+    def github_permission(self, command: ApprovalCommand) -> str:
+        """The approver's permission on the repository, from GitHub's collaborators API."""
+        from bridge.reporters.github import collaborator_permission
+
+        return collaborator_permission(self._require_github(command), command.repository, command.by)
+
+    def github_pull_request(self, command: ApprovalCommand) -> Mapping[str, Any]:
+        """The pull request as it is now (its head may have moved since the comment was written)."""
+        from bridge.reporters.github import pull_request
+
+        return pull_request(self._require_github(command), command.repository, command.number)
+
+    def _require_github(self, command: ApprovalCommand) -> github.Github:
+        gh = self._github_client(command.installation_id, command.repository)
+        if gh is None:
+            raise ConfigError(
+                "approving fork builds needs GitHub credentials to check the approver's permission",
+                key="github",
+                hint="set github.app_id and github.private_key, or github.token",
+            )
+        return gh
+
+    def gitlab_access_level(self, command: ApprovalCommand) -> int | None:
+        """The approver's access level on the project (inherited memberships count); None: not a member."""
+        from bridge.reporters.gitlab import gitlab_client, is_auth_failure, member_access_level
+
+        settings = self._config.gitlab
+        if settings is None or command.user_id is None:
+            return None
+        project: int | str = command.project_id if command.project_id is not None else command.repository
+        user_id = command.user_id
+
+        def ask(token: Any) -> int | None:
+            with self._lock:
+                if self._gitlab is None:
+                    self._gitlab = gitlab_client(settings.url, token)
+                gl = self._gitlab
+            return member_access_level(gl, project, user_id)
+
+        return self._secrets.with_refresh(
+            settings.token, ask, is_auth_failure=is_auth_failure, key="gitlab.token"
+        )
 
     def _gitlab_reporter(self, event: SourceEvent, route: Route) -> StatusReporter | None:
         from bridge.reporters.gitlab import GitLabStatusReporter, gitlab_client, is_auth_failure

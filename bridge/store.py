@@ -88,6 +88,15 @@ CREATE TABLE IF NOT EXISTS builds (
 );
 CREATE INDEX IF NOT EXISTS builds_active ON builds (done);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), written_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS approvals (
+    provider TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    sha TEXT NOT NULL,
+    approved_by TEXT NOT NULL,
+    approved_at REAL NOT NULL,
+    PRIMARY KEY (provider, repository, number)
+);
 """
 
 
@@ -264,6 +273,14 @@ class StateStore(Protocol):
         ...
 
     def release_build(self, build_id: str, owner: str) -> None: ...
+
+    def record_approval(self, provider: str, repository: str, number: int, sha: str, by: str) -> None:
+        """A maintainer approved head `sha` of change `number` (a fork PR/MR); replaces an older one."""
+        ...
+
+    def approved_sha(self, provider: str, repository: str, number: int) -> str | None:
+        """The head SHA last approved for change `number`, or None: what core.trust compares."""
+        ...
 
     def counts(self) -> dict[str, int]: ...
 
@@ -798,6 +815,25 @@ class SqliteStore:
             )
 
     # --- health -----------------------------------------------------------------------------------
+
+    # --- approvals ------------------------------------------------------------------------------
+
+    def record_approval(self, provider: str, repository: str, number: int, sha: str, by: str) -> None:
+        with self._guard("recording an approval"), self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO approvals (provider, repository, number, sha, approved_by, approved_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider, repository, number) DO UPDATE SET"
+                " sha = excluded.sha, approved_by = excluded.approved_by, approved_at = excluded.approved_at",
+                (provider, repository.lower(), number, sha, by, self._clock()),
+            )
+
+    def approved_sha(self, provider: str, repository: str, number: int) -> str | None:
+        with self._guard("reading an approval"):
+            rows = self._read(
+                "SELECT sha FROM approvals WHERE provider = ? AND repository = ? AND number = ?",
+                (provider, repository.lower(), number),
+            )
+        return str(rows[0][0]) if rows else None
 
     def counts(self) -> dict[str, int]:
         """Deliveries by state and builds by activity, every key present even when zero."""

@@ -15,7 +15,7 @@ Each guarantee the SQLite store gets from its single writer comes here from a co
 Old rows leave by themselves: deliveries carry a TTL attribute from the start, builds once done.
 
 Table layout (single table, on-demand; `TABLE_DEFINITION` is what deploy/bridge.yaml declares):
-  pk = "d#<delivery id>" | "b#<build id>" | "probe"
+  pk = "d#<delivery id>" | "b#<build id>" | "a#<provider>#<repository>#<change number>" | "probe"
   GSI "active": builds still running (`active` is present only until done), by `poll_at`
   GSI "commit": builds by "<provider>#<repository>#<sha>", newest first (what a re-run inherits)
 """
@@ -130,6 +130,10 @@ def _delivery_key(delivery_id: str) -> dict[str, Any]:
 
 def _build_key(build_id: str) -> dict[str, Any]:
     return {"pk": _s(f"b#{build_id}")}
+
+
+def _approval_key(provider: str, repository: str, number: int) -> dict[str, Any]:
+    return {"pk": _s(f"a#{provider}#{repository.lower()}#{number}")}
 
 
 def _commit_key(provider: str, repository: str, sha: str) -> str:
@@ -599,6 +603,27 @@ class DynamoStore:
         )
 
     # --- health -----------------------------------------------------------------------------------
+
+    # --- approvals ------------------------------------------------------------------------------
+
+    def record_approval(self, provider: str, repository: str, number: int, sha: str, by: str) -> None:
+        """One item per change, overwritten by each approval; it expires like a delivery does."""
+        now = self._clock()
+        with self._guard("recording an approval"):
+            self._client.put_item(
+                TableName=self._table,
+                Item={
+                    **_approval_key(provider, repository, number),
+                    "sha": _s(sha),
+                    "approved_by": _s(by),
+                    "approved_at": _n(now),
+                    TTL_ATTRIBUTE: _n(int(now + self._retention)),
+                },
+            )
+
+    def approved_sha(self, provider: str, repository: str, number: int) -> str | None:
+        item = self._get(_approval_key(provider, repository, number), "reading an approval")
+        return _str(item, "sha") if item is not None else None
 
     def counts(self) -> dict[str, int]:
         """Deliveries by state and builds by activity, from a table scan cached for 30 s.

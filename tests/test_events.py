@@ -532,7 +532,12 @@ def test_from_actions_rejects_a_sha_that_is_not_a_commit() -> None:
 
 # ---------------------------------------------------------------------------------------- GitLab
 
-GITLAB_HEADERS = {"push": "Push Hook", "tag_push": "Tag Push Hook", "merge_request": "Merge Request Hook"}
+GITLAB_HEADERS = {
+    "push": "Push Hook",
+    "tag_push": "Tag Push Hook",
+    "merge_request": "Merge Request Hook",
+    "note": "Note Hook",
+}
 
 
 @cache

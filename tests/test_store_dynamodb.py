@@ -685,3 +685,16 @@ def test_a_long_claim_walk_dates_each_slot_and_lease_from_its_own_claim(
         assert lease_until - poll_at == 1  # both from the same claim time
         slots.append(poll_at)
     assert slots == sorted(set(slots))  # one claim time each, in the order of the walk
+
+
+def test_an_approval_is_pinned_to_one_sha_and_a_new_one_replaces_it(any_store: StateStore) -> None:
+    assert any_store.approved_sha("github", "Codertocat/Hello-World", 2) is None
+    any_store.record_approval("github", "Codertocat/Hello-World", 2, "a" * 40, "maintainer")
+    # GitHub names are case-insensitive: the PR's own delivery may spell the owner differently.
+    assert any_store.approved_sha("github", "codertocat/hello-world", 2) == "a" * 40
+    any_store.record_approval("github", "Codertocat/Hello-World", 2, "b" * 40, "another")
+    assert any_store.approved_sha("github", "Codertocat/Hello-World", 2) == "b" * 40
+    # Another change, another provider, another repository: nothing approved there.
+    assert any_store.approved_sha("github", "Codertocat/Hello-World", 3) is None
+    assert any_store.approved_sha("gitlab", "Codertocat/Hello-World", 2) is None
+    assert any_store.approved_sha("github", "Codertocat/Other", 2) is None

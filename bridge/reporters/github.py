@@ -40,6 +40,10 @@ STATUSES_HINT: Final = (
     "the token needs `repo:status` (classic PAT) or 'Commit statuses: Read and write' (fine-grained), "
     "or `permissions: statuses: write` in the workflow"
 )
+PERMISSION_HINT: Final = (
+    "approving fork builds reads pull requests and collaborator permissions: a GitHub App needs the "
+    "'Pull requests: Read' and 'Metadata: Read' permissions, a token the repo scope"
+)
 CREDENTIALS_HINT: Final = (
     "check the GitHub token, or the App id, private key and installation id (is the App installed "
     "on this repository?)"
@@ -313,7 +317,18 @@ def _check_run_fields(status: BuildStatus) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "output": {"title": status.title, "summary": _clip(status.summary, SUMMARY_MAX)},
     }
-    if status.done:
+    if status.actions:
+        # GitHub shows a check run's buttons only once it is completed: a status that asks for a
+        # button press (a fork waiting for approval) completes as action_required, which also keeps
+        # a required check from passing.
+        fields["status"] = "completed"
+        fields["conclusion"] = "action_required"
+        fields["completed_at"] = datetime.now(UTC)
+        fields["actions"] = [
+            {"label": a.label, "description": a.description, "identifier": a.identifier}
+            for a in status.actions
+        ]
+    elif status.done:
         fields["status"] = "completed"
         fields["conclusion"] = status.conclusion or "failure"
         fields["completed_at"] = datetime.now(UTC)
@@ -367,3 +382,31 @@ def _network_error(error: requests.RequestException, doing: str) -> ReporterErro
         retryable=True,
         hint="GitHub did not answer successfully after retries; the worker will try again",
     )
+
+
+def collaborator_permission(gh: github.Github, repository: str, login: str) -> str:
+    """GET /repos/{o}/{r}/collaborators/{login}/permission: admin, write, read or none.
+
+    A 404 (no such user, or a repository the credentials cannot see) counts as no permission: the
+    approval is refused, never granted, on an answer that says nothing.
+    """
+    doing = f"reading the permission of {login} on {repository}"
+    try:
+        return str(gh.get_repo(repository).get_collaborator_permission(login))
+    except GithubException as error:
+        if error.status == 404:
+            return "none"
+        raise _reporter_error(error, doing, forbidden_hint=PERMISSION_HINT) from None
+    except requests.RequestException as error:
+        raise _network_error(error, doing) from None
+
+
+def pull_request(gh: github.Github, repository: str, number: int) -> dict[str, Any]:
+    """GET /repos/{o}/{r}/pulls/{number}, as the API returns it (the webhook's pull_request shape)."""
+    doing = f"reading pull request #{number} of {repository}"
+    try:
+        return dict(gh.get_repo(repository).get_pull(number).raw_data)
+    except GithubException as error:
+        raise _reporter_error(error, doing, forbidden_hint=PERMISSION_HINT) from None
+    except requests.RequestException as error:
+        raise _network_error(error, doing) from None

@@ -160,3 +160,25 @@ def _short(message: object) -> str:
 
 def _truncate(text: str) -> str:
     return text if len(text) <= MAX_FIELD_LENGTH else text[: MAX_FIELD_LENGTH - 1] + "…"
+
+
+def member_access_level(gl: gitlab.Gitlab, project: int | str, user_id: int) -> int | None:
+    """GET /projects/:id/members/all/:user_id (inherited memberships count): the access level, or
+    None when GitLab knows no such member (404)."""
+    where = f"reading the membership of user {user_id} in GitLab project {project}"
+    try:
+        member = gl.projects.get(project, lazy=True).members_all.get(user_id)
+    except GitlabAuthenticationError as exc:
+        raise GitLabAuthError(f"{where}: 401 Unauthorized") from exc
+    except GitlabError as exc:
+        if exc.response_code == 404:
+            return None
+        raise _reporter_error(exc, where) from exc
+    except requests.RequestException as exc:
+        raise ReporterError(
+            f"{where}: GitLab unreachable ({type(exc).__name__})",
+            retryable=True,
+            hint="check the GitLab URL and the network path from bridge",
+        ) from exc
+    level = getattr(member, "access_level", None)
+    return int(level) if isinstance(level, int) else None

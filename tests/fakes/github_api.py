@@ -49,6 +49,8 @@ SERVED: Final = (
     ("GET", "/repos/{owner}/{repo}/commits/{ref}/check-runs"),
     ("POST", "/repos/{owner}/{repo}/statuses/{sha}"),
     ("POST", "/app/installations/{installation_id}/access_tokens"),
+    ("GET", "/repos/{owner}/{repo}/collaborators/{username}/permission"),
+    ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}"),
 )
 
 JWT_MAX_LIFETIME: Final = 600
@@ -232,8 +234,12 @@ class FakeGitHub:
         self.requests: list[RecordedRequest] = []
         self.violations: list[str] = []
         self.check_runs: dict[int, dict[str, Any]] = {}
+        self.check_run_actions: dict[int, list[dict[str, Any]]] = {}  # the buttons each run was given last
         self.statuses: list[dict[str, Any]] = []
         self.issued_tokens: list[str] = []
+        # (repo full name lowercased, login) -> collaborator permission; anyone else reads (public repo).
+        self.permissions: dict[tuple[str, str], str] = {}
+        self.pulls: dict[tuple[str, int], dict[str, Any]] = {}  # (repo full name lowercased, number)
         self._tokens: dict[str, _Identity] = {}
         self._check_run_owner: dict[int, str] = {}
         self._faults: list[_Fault] = []
@@ -283,6 +289,43 @@ class FakeGitHub:
         with self._lock:
             self._faults.append(_Fault(path, method, times, status, body, headers))
 
+    def set_permission(self, repository: str, login: str, permission: str) -> None:
+        """`login`'s permission on `repository`: admin, write, read or none (GitHub's legacy field)."""
+        self.permissions[(repository.lower(), login)] = permission
+
+    def set_pull(
+        self,
+        repository: str,
+        number: int,
+        *,
+        head_sha: str,
+        head_repository: str,
+        head_ref: str = "feature",
+        base_ref: str = "master",
+        state: str = "open",
+    ) -> None:
+        """What GET /repos/{repository}/pulls/{number} answers: the description's example, made this PR."""
+        data = self._example("GET", "/repos/{owner}/{repo}/pulls/{pull_number}")
+        data.update(number=number, state=state, html_url=f"https://github.com/{repository}/pull/{number}")
+        data["requested_teams"] = []  # the example's teams predate the schema's required `type`
+        for side, full_name, ref, sha in (
+            ("head", head_repository, head_ref, head_sha),
+            ("base", repository, base_ref, data["base"]["sha"]),
+        ):
+            owner = full_name.split("/")[0]
+            part = data[side]
+            part.update(ref=ref, sha=sha, label=f"{owner}:{ref}")
+            part["repo"].update(
+                full_name=full_name,
+                name=full_name.split("/")[1],
+                html_url=f"https://github.com/{full_name}",
+                clone_url=f"https://github.com/{full_name}.git",
+                url=f"https://api.github.com/repos/{full_name}",
+                private=False,
+            )
+            part["repo"]["owner"].update(login=owner)
+        self.pulls[(repository.lower(), number)] = data
+
     def calls(self) -> list[tuple[str, str, int]]:
         """(method, path, status) of every request so far, in order."""
         return [(r.method, r.path, r.status) for r in self.requests]
@@ -320,11 +363,17 @@ class FakeGitHub:
             ("GET", "/repos/{owner}/{repo}/commits/{ref}/check-runs"): self._list_check_runs_for_ref,
             ("POST", "/repos/{owner}/{repo}/statuses/{sha}"): self._create_status,
             ("POST", "/app/installations/{installation_id}/access_tokens"): self._access_token,
+            (
+                "GET",
+                "/repos/{owner}/{repo}/collaborators/{username}/permission",
+            ): self._collaborator_permission,
+            ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}"): self._get_pull,
         }
         for (method, template), handler in handlers.items():
             rule = (
                 template.replace("{check_run_id}", "<int:check_run_id>")
                 .replace("{installation_id}", "<int:installation_id>")
+                .replace("{pull_number}", "<int:pull_number>")
                 .replace("{sha}", "<path:sha>")
                 .replace("{ref}", "<path:ref>")
                 .replace("{", "<")
@@ -600,11 +649,17 @@ class FakeGitHub:
         fields = request.get_json()
         if fields.get("status") == "completed" and "conclusion" not in fields:
             return self._error(422, "Invalid request: conclusion is required when status is completed")
+        if fields.get("conclusion") == "action_required" and not fields.get("details_url"):
+            return self._error(
+                422, "Invalid request: details_url is required when conclusion is action_required"
+            )
         run_id = next(self._ids)
         data = self._check_run_json(owner, repo, run_id, fields)
         with self._lock:
             self.check_runs[run_id] = data
             self._check_run_owner[run_id] = g.identity.label
+            if "actions" in fields:
+                self.check_run_actions[run_id] = list(fields["actions"])
         return self._json(data, 201)
 
     def _get_check_run(self, owner: str, repo: str, check_run_id: int) -> Response:
@@ -625,6 +680,8 @@ class FakeGitHub:
             return self._error(403, "Resource not accessible by integration")
         with self._lock:
             self._apply_check_run_fields(data, request.get_json())
+            if "actions" in request.get_json():
+                self.check_run_actions[check_run_id] = list(request.get_json()["actions"])
         return self._json(data, 200)
 
     def _list_check_runs_for_ref(self, owner: str, repo: str, ref: str) -> Response:
@@ -660,6 +717,24 @@ class FakeGitHub:
             query = urlencode({**args.to_dict(), "per_page": per_page, "page": page + 1})
             headers["Link"] = f'<{request.base_url}?{query}>; rel="next"'
         return self._json({"total_count": len(runs), "check_runs": chosen}, 200, headers)
+
+    def _collaborator_permission(self, owner: str, repo: str, username: str) -> Response:
+        """GitHub's answer for any existing user: on a public repository, someone who is no
+        collaborator still reads (permission "read")."""
+        permission = self.permissions.get((f"{owner}/{repo}".lower(), username), "read")
+        data = self._example("GET", "/repos/{owner}/{repo}/collaborators/{username}/permission")
+        data["permission"] = permission
+        data["role_name"] = permission
+        if isinstance(data.get("user"), dict):
+            # The description's example predates its schema's required user.role_name.
+            data["user"].update(login=username, role_name=permission)
+        return self._json(data, 200)
+
+    def _get_pull(self, owner: str, repo: str, pull_number: int) -> Response:
+        data = self.pulls.get((f"{owner}/{repo}".lower(), pull_number))
+        if data is None:
+            return self._error(404, "Not Found")
+        return self._json(data, 200)
 
     def _create_status(self, owner: str, repo: str, sha: str) -> Response:
         denied = self._require("statuses")

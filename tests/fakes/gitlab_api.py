@@ -80,6 +80,8 @@ class FakeGitLab:
         self.requests: list[RecordedRequest] = []
         self.transitions: list[tuple[str, str, str, str]] = []  # (project, sha, name, state) accepted
         self._current: dict[tuple[str, str, str], _Status] = {}
+        # (project id or path, user id) -> access level (10 Guest ... 30 Developer, 40 Maintainer, 50 Owner)
+        self.members: dict[tuple[str, int], int] = {}
         self._faults: deque[_Fault] = deque()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -151,6 +153,10 @@ class FakeGitLab:
         def get_project(project: str) -> Response:
             return self._handle(project, None)
 
+        @app.get("/api/v4/projects/<project>/members/all/<user_id>")
+        def get_member(project: str, user_id: str) -> Response:
+            return self._member(project, user_id)
+
         return app
 
     def _handle(self, project: str, sha: str | None) -> Response:
@@ -176,6 +182,53 @@ class FakeGitLab:
                     project=project,
                     sha=sha,
                     body=body,
+                    token_ok=token_ok,
+                    status_code=response.status_code,
+                )
+            )
+        return response
+
+    def _member(self, project: str, user_id: str) -> Response:
+        """lib/api/members.rb `GET :id/members/all/:user_id`: direct and inherited members; 404
+        "Member Not Found" for anyone else. `user_id` is an integer (Grape answers 400 otherwise)."""
+        raw_path = str(request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path)
+        params = _request_params()
+        token_ok = request.headers.get("PRIVATE-TOKEN") == self.token
+        with self._lock:
+            if self._faults:
+                fault = self._faults.popleft()
+                response = _answer(fault.status, fault.body)
+            elif not token_ok:
+                response = _answer(401, {"message": "401 Unauthorized"})
+            elif params:
+                response = _answer(400, {"error": f"unknown parameter(s) {', '.join(sorted(params))}"})
+            elif not user_id.isdigit():
+                response = _answer(400, {"error": "user_id is invalid"})
+            elif (project, int(user_id)) not in self.members:
+                response = _answer(404, {"message": "404 Member Not Found"})
+            else:
+                level = self.members[(project, int(user_id))]
+                response = _answer(
+                    200,
+                    {
+                        "id": int(user_id),
+                        "username": f"user{user_id}",
+                        "name": f"User {user_id}",
+                        "state": "active",
+                        "avatar_url": None,
+                        "web_url": f"https://gitlab.example.com/user{user_id}",
+                        "access_level": level,
+                        "created_at": "2026-01-01T00:00:00.000Z",
+                        "expires_at": None,
+                    },
+                )
+            self.requests.append(
+                RecordedRequest(
+                    method=request.method,
+                    raw_path=raw_path,
+                    project=project,
+                    sha=None,
+                    body=params,
                     token_ok=token_ok,
                     status_code=response.status_code,
                 )
