@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError, InputError
 from bridge.model import EnvVar, EventKind, ForkPolicy, Provider, SourceMode
-from bridge.plan import parse_env_vars
+from bridge.plan import looks_like_credential, parse_env_vars
 from bridge.secrets import EXPECTED_FORMS, SecretRef, parse_reference
 
 __all__ = [
@@ -777,11 +777,6 @@ _CODEBUILD_ONLY_ROUTE_KEYS: Final = (
     "clone_token",
 )
 
-# A plain env value under one of these names is almost certainly a pasted secret.
-_SECRET_WORDS: Final = frozenset({"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS", "APIKEY", "PAT"})
-_SECRET_SUFFIXES: Final = ("API_KEY", "PRIVATE_KEY", "ACCESS_KEY", "SECRET_KEY", "AUTH_KEY")
-_SECRET_PREFIXES: Final = ("ghp_", "gho_", "ghs_", "ghu_", "github_pat_", "glpat-", "npm_", "xox", "AKIA")
-
 
 # --- reading ------------------------------------------------------------------------------------------
 
@@ -1347,13 +1342,13 @@ class _Reader:
             return None
         prefix = f"input '{where}': line 1: {name}: "
         try:
-            (var,) = parse_env_vars(f"{name}={value}", input_name=where)
+            (var,) = parse_env_vars(f"{name}={value}", input_name=where, refuse_credentials=False)
         except InputError as exc:
             self.error(
                 where, exc.message.removeprefix(prefix).removeprefix(f"input '{where}': "), hint=exc.hint
             )
             return None
-        if var.type == "PLAINTEXT" and _looks_secret(name, value):
+        if var.type == "PLAINTEXT" and looks_like_credential(name, value):
             self.error(
                 where,
                 "looks like a secret but is a plain value: CodeBuild shows plain values to anyone who can "
@@ -1386,17 +1381,6 @@ class _Reader:
                 )
                 ok = False
         return MappingProxyType(dict(raw)) if ok else _INVALID
-
-
-def _looks_secret(name: str, value: str) -> bool:
-    upper = name.upper()
-    words = set(upper.split("_"))
-    return (
-        bool(words & _SECRET_WORDS)
-        or upper.endswith(_SECRET_SUFFIXES)
-        or value.startswith(_SECRET_PREFIXES)
-        or value.startswith("-----BEGIN")
-    )
 
 
 # --- entry points -----------------------------------------------------------------------------------

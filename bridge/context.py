@@ -8,6 +8,9 @@ sub-folders then build without CodeBuild cloning anything.
   Docker SDK's port of moby's pattern matcher, so `foo` means the root's `foo` only, `*` stays in one
   folder, `**` spans folders and an excluded folder can still have files re-included. The Dockerfile
   and .dockerignore are always sent, as the Docker CLI does.
+- Never `.git/` (nor a submodule's `.git` file), whatever .dockerignore says: actions/checkout leaves
+  the job's token in `.git/config`, and a lasting S3 object and a Docker build context are no place
+  for it. It also keeps the key stable: `.git/` changes with every fetch, the tree does not.
 - Same tree, same bytes: entries sorted, fixed timestamps, normalised permissions, fixed
   compression level. The object key is the zip's SHA-256, so an unchanged context is found with one
   HeadObject and not uploaded again.
@@ -37,6 +40,7 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
 _COMPRESS_LEVEL = 6
 _CHUNK = 1024 * 1024
 _UTF8_BOM = "\ufeff"
+_GIT_DIR = ".git"  # never sent, at any depth: it holds the checkout's credentials
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 _CONTEXT_PATH_HINT = "a folder inside the checked-out repository, e.g. services/api (default: the root)"
 
@@ -87,6 +91,12 @@ def resolve_context(workspace: str | Path, context_path: str = ".") -> Path:
     candidate = (base / relative).resolve()
     if candidate != base and base not in candidate.parents:
         raise InputError("context-path", "points outside the workspace", hint=_CONTEXT_PATH_HINT)
+    if _GIT_DIR in candidate.relative_to(base).parts:
+        raise InputError(
+            "context-path",
+            "points into .git, which is never sent (it holds credentials)",
+            hint=_CONTEXT_PATH_HINT,
+        )
     if not candidate.is_dir():
         raise InputError(
             "context-path",
@@ -127,7 +137,8 @@ def context_entries(root: Path, *, dockerfile: str = "Dockerfile") -> list[str]:
     ignore = root / ".dockerignore"
     patterns = parse_dockerignore(ignore.read_text(encoding="utf-8")) if ignore.is_file() else []
     kept: Iterable[str] = exclude_paths(str(root), list(patterns), dockerfile=dockerfile)
-    return sorted(path.replace(os.sep, "/") for path in kept)
+    paths = (path.replace(os.sep, "/") for path in kept)
+    return sorted(path for path in paths if _GIT_DIR not in path.split("/"))
 
 
 # --- the zip ----------------------------------------------------------------------------------------

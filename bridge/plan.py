@@ -33,12 +33,56 @@ _BLANKS = " \t\r"
 # long form (json-key, version-stage, version-id) already follows.
 _ARN_PARTS = 7
 
+# A plain value under one of these names (split on `_`) is almost certainly a pasted credential.
+_CREDENTIAL_WORDS = frozenset(
+    {"TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS"}
+    | {"APIKEY", "PAT"}
+)
+_CREDENTIAL_SUFFIXES = (
+    "API_KEY",
+    "PRIVATE_KEY",
+    "ACCESS_KEY",
+    "SECRET_KEY",
+    "AUTH_KEY",
+    "SSH_KEY",
+    "SIGNING_KEY",
+    "ENCRYPTION_KEY",
+    "LICENSE_KEY",
+    "MASTER_KEY",
+)
+# Values shaped like a known credential: GitHub, GitLab, npm, Slack and Stripe tokens, AWS access
+# key ids (long-term AKIA, temporary ASIA: exactly 20 characters), PEM private keys.
+_CREDENTIAL_VALUE = re.compile(
+    r"gh[pousr]_|github_pat_|glpat-|gldt-|glrt-|npm_|xox[abeoprs]-|[rs]k_live_"
+    r"|(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])|-----BEGIN"
+)
 
-def parse_env_vars(text: str, *, input_name: str = "env-vars") -> tuple[EnvVar, ...]:
+
+def looks_like_credential(name: str, value: str) -> bool:
+    """True for a literal value that is clearly a credential, by its name or by its shape.
+
+    The one detector behind the server's route `env` tables, the Action's `env-vars` and the Python
+    API: CodeBuild shows PLAINTEXT variables to anyone who can read the build, so a credential must
+    be a `secretsmanager:`/`ssm:` reference instead. An empty value holds nothing to leak.
+    """
+    if not value:
+        return False
+    upper = name.upper()
+    return (
+        bool(set(upper.split("_")) & _CREDENTIAL_WORDS)
+        or upper.endswith(_CREDENTIAL_SUFFIXES)
+        or _CREDENTIAL_VALUE.match(value) is not None
+    )
+
+
+def parse_env_vars(
+    text: str, *, input_name: str = "env-vars", refuse_credentials: bool = True
+) -> tuple[EnvVar, ...]:
     """Read the `env-vars` lines into typed CodeBuild variables.
 
     Messages name the line and, once it is known to be a valid identifier, the variable; never the
-    value, which may be a secret pasted in the wrong place.
+    value, which may be a secret pasted in the wrong place. A plain value that `looks_like_credential`
+    is refused (unless the caller words that refusal itself: `refuse_credentials=False`).
     """
     seen: dict[str, int] = {}
     result: list[EnvVar] = []
@@ -69,7 +113,16 @@ def parse_env_vars(text: str, *, input_name: str = "env-vars") -> tuple[EnvVar, 
                 hint="set each variable once",
             )
         seen[name] = number
-        result.append(_typed_env_var(name, value, input_name=input_name, where=f"line {number}: {name}"))
+        var = _typed_env_var(name, value, input_name=input_name, where=f"line {number}: {name}")
+        if refuse_credentials and var.type == "PLAINTEXT" and looks_like_credential(name, value):
+            raise InputError(
+                input_name,
+                f"line {number}: {name} looks like a credential but is a literal value: CodeBuild shows "
+                "plain values to anyone who can read the build",
+                hint=f"store it in Secrets Manager and write {name}=secretsmanager:NAME[#json-key] "
+                f"(or {name}=ssm:/parameter/name for Parameter Store)",
+            )
+        result.append(var)
     return tuple(result)
 
 

@@ -8,6 +8,7 @@ check-run requests GitHub received, the job log and the exit code.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -373,6 +374,38 @@ def test_a_bad_input_is_one_error_naming_it_and_starts_nothing(
     assert codebuild_double.calls("StartBuild") == []
 
 
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        ("NPM_TOKEN=npm_0123456789abcdefghijklmnopqrstuvwxyzAB", "NPM_TOKEN"),
+        ("NPM_TOKEN=hunter2-but-not-token-shaped", "NPM_TOKEN"),
+        ("DB_PASSWORD=correct-horse-battery-staple", "DB_PASSWORD"),
+        ("SIGNING_SECRET=s3cr3t", "SIGNING_SECRET"),
+        ("STRIPE_API_KEY=hunter2", "STRIPE_API_KEY"),
+        ("REGISTRY=ghp_0123456789abcdefghijklmnopqrstuvwxyz", "REGISTRY"),
+        ("GL=glpat-abcdefghij0123456789", "GL"),
+        ("UPLOAD=AKIAIOSFODNN7EXAMPLE", "UPLOAD"),
+        ("SLACK=xoxb-1234-5678-abcdefgh", "SLACK"),
+        ("BILLING=sk_live_0123456789abcdef", "BILLING"),
+    ],
+)
+def test_a_literal_credential_in_env_vars_is_refused_before_anything_starts(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble, line: str, name: str
+) -> None:
+    value = line.partition("=")[2]
+    env_vars = f"NODE_ENV=production\n{line}\nDB_URL=ssm:/ci/db-url"
+    run = run_action({**push_env, "INPUT_ENV-VARS": env_vars}, tmp_path)
+
+    assert run.returncode == 2, run.stdout + run.stderr
+    errors = [unescape_command(line) for line in run.stdout.splitlines() if line.startswith("::error")]
+    assert len(errors) == 1
+    assert f"input 'env-vars': line 2: {name} looks like a credential but is a literal value" in errors[0]
+    assert f"{name}=secretsmanager:" in errors[0]
+    assert "ssm:" in errors[0]
+    assert value not in run.stdout + run.stderr
+    assert codebuild_double.requests == []
+
+
 def test_cancelling_the_workflow_stops_the_build_and_cancels_the_check(
     tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble, github_api: FakeGitHub
 ) -> None:
@@ -537,6 +570,54 @@ def test_workspace_source_zips_the_context_uploads_it_once_and_builds_it_from_s3
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"already at s3://{BUCKET}/{key}: not uploading it again" in again.stdout
     assert codebuild_double.calls("StartBuild")[-1].params["sourceLocationOverride"] == f"{BUCKET}/{key}"
+
+
+CHECKOUT_TOKEN = "ghs_persistedByActionsCheckout0123456789"  # what actions/checkout leaves in .git/config
+
+
+def checkout(root: Path, token: str = CHECKOUT_TOKEN) -> None:
+    """The .git folder actions/checkout leaves behind, with its persisted credentials."""
+    git = root / ".git"
+    (git / "refs" / "heads").mkdir(parents=True, exist_ok=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "refs" / "heads" / "main").write_text("0123456789abcdef0123456789abcdef01234567\n")
+    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    (git / "config").write_text(
+        '[remote "origin"]\n\turl = https://github.com/Codertocat/Hello-World\n'
+        f'[http "https://github.com/"]\n\textraheader = AUTHORIZATION: basic {basic}\n'
+    )
+
+
+@pytest.mark.parametrize("dockerignore", [None, "node_modules\n", "!.git\n"])
+def test_workspace_source_never_uploads_the_git_folder_and_its_token(
+    tmp_path: Path, workspace_env: dict[str, str], codebuild_double: CodeBuildDouble, dockerignore: str | None
+) -> None:
+    workspace = Path(workspace_env["GITHUB_WORKSPACE"])
+    checkout(workspace)
+    (workspace / "Dockerfile").write_text("FROM scratch\nCOPY . /src\n")
+    if dockerignore is not None:
+        (workspace / ".dockerignore").write_text(dockerignore)
+    env = {**workspace_env, "INPUT_CONTEXT-PATH": "."}
+
+    run = run_action(env, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    key = codebuild_double.calls("StartBuild")[-1].params["sourceLocationOverride"].partition("/")[2]
+    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    names = zipfile.ZipFile(io.BytesIO(body)).namelist()
+    assert "services/api/app.py" in names
+    assert [name for name in names if ".git" in name.split("/")] == []
+    archive = zipfile.ZipFile(io.BytesIO(body))
+    contents = b"".join(archive.read(name) for name in names)
+    basic = base64.b64encode(f"x-access-token:{CHECKOUT_TOKEN}".encode())
+    assert basic not in contents
+    assert CHECKOUT_TOKEN.encode() not in contents
+
+    # The next run's checkout persists another token and moves refs: the tree, and so the key, is the same.
+    checkout(workspace, token="ghs_theNextRunsToken0123456789abcdefgh")
+    (workspace / ".git" / "FETCH_HEAD").write_text("fedcba9876543210fedcba9876543210fedcba98\n")
+    again = run_action({**env, "GITHUB_RUN_ATTEMPT": "2"}, tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"already at s3://{BUCKET}/{key}: not uploading it again" in again.stdout
 
 
 @pytest.mark.parametrize(

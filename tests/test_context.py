@@ -252,9 +252,53 @@ def test_resolve_context_accepts_the_root_and_sub_folders(tmp_path: Path) -> Non
     assert resolve_context(tmp_path, "services/../services/api/") == (tmp_path / "services" / "api").resolve()
 
 
+GIT_TREE = [
+    "Dockerfile",
+    "app.py",
+    ".git/config",
+    ".git/HEAD",
+    ".git/refs/heads/main",
+    "vendor/lib/.git",  # a submodule's gitdir pointer file
+    "vendor/lib/lib.py",
+    "nested/.git/config",  # a second checkout (actions/checkout with path:)
+    "nested/code.py",
+    ".github/workflows/ci.yml",
+    ".gitignore",
+]
+
+
+@pytest.mark.parametrize(
+    "dockerignore",
+    [None, "", "node_modules\n", "!.git\n", "*\n!.git\n!.git/config\n!Dockerfile\n!app.py\n", "!**/.git\n"],
+)
+def test_git_folders_are_never_sent_whatever_dockerignore_says(
+    tmp_path: Path, dockerignore: str | None
+) -> None:
+    make_tree(tmp_path, GIT_TREE, dockerignore)
+    entries = context_entries(tmp_path)
+    assert [name for name in entries if ".git" in name.split("/")] == []
+    assert "app.py" in entries
+    if dockerignore in (None, "", "node_modules\n", "!.git\n", "!**/.git\n"):
+        assert {".gitignore", ".github/workflows/ci.yml", "vendor/lib/lib.py", "nested/code.py"} <= set(
+            entries
+        )
+
+
+def test_the_key_does_not_change_when_only_git_does(tmp_path: Path) -> None:
+    make_tree(tmp_path, GIT_TREE, None)
+    first = zip_context(tmp_path, tmp_path.parent / "first.zip")
+    (tmp_path / ".git" / "config").write_text("[http]\n\textraheader = AUTHORIZATION: basic bmV3\n")
+    (tmp_path / ".git" / "FETCH_HEAD").write_text("0" * 40 + "\n")
+    second = zip_context(tmp_path, tmp_path.parent / "second.zip")
+    assert first.sha256 == second.sha256
+    assert b"extraheader" not in second.path.read_bytes()
+
+
 @pytest.mark.parametrize(
     ("context_path", "message"),
     [
+        (".git", "points into .git"),
+        ("nested/.git", "points into .git"),
         ("..", "outside the workspace"),
         ("../elsewhere", "outside the workspace"),
         ("escape", "outside the workspace"),  # a symlink pointing out
@@ -270,6 +314,8 @@ def test_resolve_context_refuses_what_is_not_a_workspace_folder(
     workspace.mkdir()
     (tmp_path / "elsewhere").mkdir()
     (workspace / "file.txt").write_text("x")
+    (workspace / ".git").mkdir()
+    (workspace / "nested" / ".git").mkdir(parents=True)
     (workspace / "escape").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(InputError, match=message) as raised:
         resolve_context(workspace, context_path)

@@ -31,6 +31,7 @@ from bridge.model import BuildOptions, EnvVar, SourceEvent
 from bridge.plan import (
     compose_image_uri,
     idempotency_token,
+    looks_like_credential,
     packaged_buildspec,
     parse_bool,
     parse_env_vars,
@@ -722,7 +723,123 @@ def test_parse_env_vars_plaintext_round_trip(name: str, value: str) -> None:
     value = value.strip(" \t")
     if value.startswith(("secretsmanager:", "ssm:")):
         value = "x" + value
+    if looks_like_credential(name, value):
+        value = ""  # refused, below; an empty value is never a credential
     assert parse_env_vars(f"{name}={value}") == (EnvVar(name, value, "PLAINTEXT"),)
+
+
+# --- literal credentials -----------------------------------------------------------------------------
+
+CREDENTIAL_PREFIXES = [
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "ghu_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "npm_",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "sk_live_",
+    "-----BEGIN OPENSSH PRIVATE KEY-----",
+]
+CREDENTIAL_WORDS = ["TOKEN", "PASSWORD", "SECRET", "PASSWD", "CREDENTIALS", "APIKEY", "PAT"]
+CREDENTIAL_SUFFIXES = ["API_KEY", "PRIVATE_KEY", "ACCESS_KEY", "SECRET_KEY", "SSH_KEY", "SIGNING_KEY"]
+# Words that make up names no one would hold a credential in; none is, or ends like, a credential word.
+SAFE_WORDS = st.sampled_from(
+    ["NODE", "ENV", "APP", "BUILD", "TARGET", "REGION", "MODE", "X", "LEVEL", "IMAGE"]
+)
+SAFE_NAMES = st.lists(SAFE_WORDS, min_size=1, max_size=3).map("_".join)
+NAME_PARTS = st.lists(SAFE_WORDS, max_size=2)
+# No `_` or `-`, no upper case: cannot start like any token prefix or AWS key id.
+SAFE_VALUES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789./:=@ ", max_size=30).map(str.strip)
+TAILS = st.text(alphabet=st.characters(exclude_characters="\n\r", codec="utf-8"), max_size=30).map(
+    lambda tail: _MARKER + tail
+)
+
+
+def assert_refused_as_credential(text: str, line: int, name: str) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_env_vars(text, input_name="env-vars")
+    error = caught.value
+    assert error.name == "env-vars"
+    assert f"line {line}: {name} looks like a credential but is a literal value" in error.message
+    assert f"{name}=secretsmanager:" in (error.hint or "")
+    assert "ssm:" in (error.hint or "")
+    assert _MARKER not in str(error)
+    assert _MARKER not in (error.hint or "")
+
+
+@settings(max_examples=150, deadline=None)
+@given(SAFE_NAMES, st.sampled_from(CREDENTIAL_PREFIXES), TAILS, st.lists(SAFE_NAMES, max_size=3))
+def test_a_token_shaped_literal_is_refused_under_any_name(
+    name: str, prefix: str, tail: str, before: list[str]
+) -> None:
+    lines = [f"{other}_{i}=1" for i, other in enumerate(before)]
+    assert_refused_as_credential("\n".join([*lines, f"{name}={prefix}{tail}"]), len(lines) + 1, name)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    NAME_PARTS,
+    st.sampled_from(CREDENTIAL_WORDS + CREDENTIAL_SUFFIXES),
+    NAME_PARTS,
+    st.booleans(),
+    SAFE_VALUES.filter(bool),
+)
+def test_a_literal_under_a_credential_name_is_refused_and_a_reference_is_not(
+    head: list[str], word: str, tail: list[str], lower: bool, value: str
+) -> None:
+    parts = [*head, word] if word in CREDENTIAL_SUFFIXES else [*head, word, *tail]
+    name = "_".join(parts)
+    name = name.lower() if lower else name
+    if name.upper().startswith("CODEBUILD_"):
+        return
+    assert_refused_as_credential(f"{name}={_MARKER}{value}", 1, name)
+    assert (
+        parse_env_vars(f"{name}=secretsmanager:ci/{value.replace(' ', '') or 'x'}")[0].type
+        == "SECRETS_MANAGER"
+    )
+    assert parse_env_vars(f"{name}=ssm:/ci/x")[0].type == "PARAMETER_STORE"
+    assert parse_env_vars(f"{name}=") == (EnvVar(name, "", "PLAINTEXT"),)
+
+
+@settings(max_examples=150, deadline=None)
+@given(SAFE_NAMES, SAFE_VALUES)
+def test_ordinary_names_and_values_are_not_mistaken_for_credentials(name: str, value: str) -> None:
+    assert parse_env_vars(f"{name}={value}") == (EnvVar(name, value, "PLAINTEXT"),)
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [
+        ("AKIAIOSFODNN7EXAMPLE", True),  # AWS's documented example access key id
+        ("ASIAIOSFODNN7EXAMPLE", True),  # a temporary (STS) one
+        ("AKIAIOSFODNN7EXAMPLE:more", True),
+        ("AKIAIOSFODNN7EXAMPL", False),  # 19 characters: not a key id
+        ("AKIAIOSFODNN7EXAMPLEX", False),  # 21
+        ("ASIA-PACIFIC", False),
+        ("xoxb-123-456-abc", True),
+        ("xoxo", False),
+        ("npm_", True),
+        ("sk_test_abc", False),  # Stripe test keys reach nothing real
+        ("-----BEGIN RSA PRIVATE KEY-----", True),
+    ],
+)
+def test_credential_shapes(value: str, refused: bool) -> None:
+    assert looks_like_credential("VALUE", value) is refused
+    if refused:
+        assert_refused_as_credential(f"VALUE={value}", 1, "VALUE")
+    else:
+        assert parse_env_vars(f"VALUE={value}") == (EnvVar("VALUE", value, "PLAINTEXT"),)
+
+
+def test_a_caller_that_words_the_refusal_itself_gets_the_variable() -> None:
+    assert parse_env_vars("NPM_TOKEN=npm_abc", refuse_credentials=False) == (
+        EnvVar("NPM_TOKEN", "npm_abc", "PLAINTEXT"),
+    )
 
 
 # --- parse_bool --------------------------------------------------------------------------------------
