@@ -169,14 +169,17 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
     def answer(ctx: _Delivery, status: int, body: Mapping[str, Any], outcome: str) -> Response:
         latency = services.monotonic() - ctx.started
         services.metrics.delivery(ctx.provider, ctx.event, outcome, latency)
+        delivery, event = ctx.delivery, ctx.event or None
+        if delivery is None or event is None:  # refused before the headers were read: say what was sent
+            delivery, event = _sent_ids(ctx.environ, ctx.provider, delivery, event)
         log_fields(
             log,
             logging.WARNING if status >= 500 else logging.INFO,
             "delivery",
             {
-                "delivery": ctx.delivery,
+                "delivery": delivery,
                 "provider": ctx.provider,
-                "event": ctx.event or None,
+                "event": event,
                 "outcome": outcome,
                 "route": ctx.route,
                 "status": status,
@@ -528,6 +531,34 @@ def _json_object(body: bytes) -> dict[str, Any]:
             hint="send the payload as a JSON object",
         )
     return payload
+
+
+# The headers naming a delivery and its event, by provider, in the order gitlab_delivery_id prefers.
+_ID_HEADERS: Final = {
+    "github": (("X-GitHub-Delivery",), "X-GitHub-Event"),
+    "gitlab": (("Idempotency-Key", "webhook-id", "X-Gitlab-Event-UUID"), "X-Gitlab-Event"),
+}
+_SENT_ID_MAX: Final = 200  # a log line quotes a header, it does not copy an arbitrarily long one
+
+
+def _sent_ids(
+    environ: Mapping[str, Any], provider: str, delivery: str | None, event: str | None
+) -> tuple[str | None, str | None]:
+    """The delivery id and event a refused request carried, for its log line only: unverified (a 401
+    is logged with what it claimed), so they never reach the store or a metric label."""
+    names = _ID_HEADERS.get(provider)
+    if names is None:
+        return delivery, event
+    id_headers, event_header = names
+    if delivery is None:
+        for name in id_headers:
+            value = (_header(environ, name) or "").strip()
+            if value:
+                delivery = value[:_SENT_ID_MAX]
+                break
+    if event is None:
+        event = (_header(environ, event_header) or "").strip()[:_SENT_ID_MAX] or None
+    return delivery, event
 
 
 def gitlab_delivery_id(headers: Mapping[str, str], signed_id: str | None, body: bytes) -> str:

@@ -1,7 +1,8 @@
 """`bridge serve | plan | check-config` (also installed as `codebuild-bridge`; `python -m bridge` works too).
 
 Every BridgeError ends here as its message and fix-it hint on stderr and its exit code
-(2 for bad input or config, 3 for missing credentials or secrets, 1 otherwise).
+(2 for bad input or config, 3 for missing credentials or secrets, 1 otherwise). `plan` also exits 3
+when the event would be ignored, so a script can tell "builds" from "does not" without parsing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from bridge.errors import BridgeError, ConfigError, InputError
+from bridge import __version__
+from bridge.errors import BadRequestError, BridgeError, ConfigError, InputError
+from bridge.logs import LOG_FORMATS
 
 if TYPE_CHECKING:
     from bridge.config import Config
@@ -28,6 +31,12 @@ CONFIG_ENV: Final = "BRIDGE_CONFIG"
 # The whole routing file in one variable, for platforms where mounting a file is awkward (ECS, Lambda-like).
 CONFIG_TEXT_ENV: Final = "BRIDGE_CONFIG_TOML"
 METRICS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
+LOG_LEVEL_ENV: Final = "BRIDGE_LOG_LEVEL"
+LOG_FORMAT_ENV: Final = "BRIDGE_LOG_FORMAT"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+EXIT_IGNORED: Final = 3  # `plan`: understood, but no route builds it
+# The names the CLI may be called by; anything else (a wrapper, a test runner) shows as `bridge`.
+PROGRAM_NAMES: Final = ("bridge", "codebuild-bridge")
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8080
 PLAN_DELIVERY_ID: Final = "plan"
@@ -100,15 +109,31 @@ def _remove_if_made_here(directory: Path, maker: int) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _log_settings(log_format: str) -> tuple[str, str]:
+    """The level and format of the log lines, checked: a typo in a variable fails the start, loudly."""
+    level = os.environ.get(LOG_LEVEL_ENV, "info").strip().lower() or "info"
+    if level not in LOG_LEVELS:
+        raise ConfigError(
+            f"${LOG_LEVEL_ENV} is {level!r}, not a log level",
+            hint=f"set it to one of {', '.join(LOG_LEVELS)}",
+        )
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"${LOG_FORMAT_ENV} is {log_format!r}, not a log format",
+            hint=f"set it to one of {', '.join(LOG_FORMATS)}, or pass --log-format",
+        )
+    return level, log_format
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = _serve_config(args.config)
     _prepare_metrics_dir()  # before bridge.server imports prometheus_client
 
-    from bridge.logs import configure_json_logging
+    from bridge.logs import configure_logging
 
     if args.poll_interval is not None:
         config = replace(config, server=replace(config.server, poll_interval_seconds=args.poll_interval))
-    configure_json_logging(os.environ.get("BRIDGE_LOG_LEVEL", "INFO"))
+    configure_logging(*_log_settings(args.log_format))
 
     from bridge import server
 
@@ -146,11 +171,14 @@ def _plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not isinstance(payload, dict):
         raise InputError("--payload", "must hold a JSON object", hint="pass the webhook body as saved")
 
-    if args.provider == "github":
-        api_url = config.github.api_url if config.github is not None else None
-        result = events.from_github(args.event, payload, api_url=api_url)
-    else:
-        result = events.from_gitlab(args.event, payload)
+    try:
+        if args.provider == "github":
+            api_url = config.github.api_url if config.github is not None else None
+            result = events.from_github(args.event, payload, api_url=api_url)
+        else:
+            result = events.from_gitlab(args.event, payload)
+    except BadRequestError as exc:  # a payload of the wrong shape is the user's input, as the file is
+        raise InputError("--payload", exc.message, hint=exc.hint or None) from None
     if not isinstance(result, Ignored):
         matched = routing.match_route(result, config.routes)
         if isinstance(matched, Ignored):
@@ -170,7 +198,7 @@ def _plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return 0
     json.dump({"ignored": result.reason}, out, indent=2)
     out.write("\n")
-    return 0
+    return EXIT_IGNORED
 
 
 # -- check-config ---------------------------------------------------------------------------------
@@ -206,13 +234,68 @@ def _positive(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Every variable the CLI reads, as --help lists it (tests/test_cli.py checks the list is complete).
+SERVE_ENVIRONMENT: Final = (
+    (CONFIG_TEXT_ENV, "the whole routing file as text; wins over $BRIDGE_CONFIG, not over --config"),
+    (CONFIG_ENV, f"the routing file's path when --config is not given (default ./{DEFAULT_CONFIG})"),
+    (LOG_LEVEL_ENV, "debug, info (default), warning or error"),
+    (LOG_FORMAT_ENV, "text, json or auto (default: text on a terminal, JSON otherwise); --log-format wins"),
+    (METRICS_DIR_ENV, "where the server's processes count /metrics (default: a temporary directory)"),
+    (
+        "XDG_STATE_HOME",
+        "the default state file is $XDG_STATE_HOME/bridge/bridge.sqlite3 (~/.local/state/...)",
+    ),
+    ("AWS_REGION", "the region when [aws] region is not set; then AWS_DEFAULT_REGION; else us-east-1"),
+    ("AWS_PROFILE, ...", "credentials come from botocore's usual chain (AWS_* variables, profile, role)"),
+    ("env:NAME references", "a secret-valued config key may name any variable of the server's environment"),
+)
+PLAN_ENVIRONMENT: Final = (
+    (CONFIG_ENV, f"the routing file's path when --config is not given (default ./{DEFAULT_CONFIG})"),
+)
+PLAN_EXIT_STATUS: Final = (
+    "exit status: 0 a build would start (the StartBuild request on stdout), 3 the event is ignored"
+    " (the reason on stdout), 2 bad input (config, payload or arguments), 1 any other error"
+)
+GITLAB_EVENT_HELP: Final = (
+    "GitHub: the X-GitHub-Event value (push, pull_request, release, check_run, ...); GitLab: the"
+    " X-Gitlab-Event value (Push Hook, Tag Push Hook, Merge Request Hook, Note Hook) or its short name"
+    " (push, tag_push, merge_request, note)"
+)
+
+
+def _environment_help(variables: Sequence[tuple[str, str]]) -> str:
+    width = max(len(name) for name, _ in variables)
+    lines = [f"  {name:<{width}}  {text}" for name, text in variables]
+    return "environment variables:\n" + "\n".join(lines)
+
+
+def called_as(argv0: str) -> str:
+    """The program name for usage lines: the one the user typed, so `codebuild-bridge` says so."""
+    name = Path(argv0).name
+    if name in PROGRAM_NAMES:
+        return name
+    if name == "__main__.py":
+        return "python -m bridge"
+    return "bridge"
+
+
+def build_parser(prog: str = "bridge") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bridge", description="Container builds on AWS CodeBuild for GitHub and GitLab webhooks."
+        prog=prog,
+        description="Container builds on AWS CodeBuild for GitHub and GitLab webhooks.",
+        epilog=_environment_help(SERVE_ENVIRONMENT),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the webhook server (gunicorn, SQLite state)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the webhook server (gunicorn, SQLite state)",
+        description="Run the webhook server: gunicorn in this process, SQLite state by default.",
+        epilog=_environment_help(SERVE_ENVIRONMENT),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--config", help=f"routing file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
@@ -225,11 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="poll running builds this often, overriding server.poll_interval_seconds (at least 1)",
     )
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get(LOG_FORMAT_ENV) or "auto",
+        help=f"log lines as text, JSON, or auto: text on a terminal, JSON otherwise"
+        f" (default: ${LOG_FORMAT_ENV} or auto)",
+    )
 
-    plan = commands.add_parser("plan", help="print the StartBuild request a webhook payload would make")
+    plan = commands.add_parser(
+        "plan",
+        help="print the StartBuild request a webhook payload would make",
+        description="Print the StartBuild request a webhook payload would make (no AWS call), or why none.",
+        epilog=PLAN_EXIT_STATUS + "\n\n" + _environment_help(PLAN_ENVIRONMENT),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     plan.add_argument("--config", help=f"routing file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")
     plan.add_argument("--provider", required=True, choices=("github", "gitlab"))
-    plan.add_argument("--event", required=True, help="X-GitHub-Event or X-Gitlab-Event value, e.g. push")
+    plan.add_argument("--event", required=True, help=GITLAB_EVENT_HELP)
     plan.add_argument("--payload", required=True, help="file holding the webhook's JSON body")
     plan.add_argument(
         "--delivery-id",
@@ -242,8 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """`prog`: the name usage lines show; by default the one this process was started as."""
+    parser = build_parser(prog or called_as(sys.argv[0]))
+    args = parser.parse_args(list(argv) if argv is not None else None)
     out, err = sys.stdout, sys.stderr
     try:
         if args.command == "serve":

@@ -11,6 +11,7 @@ secret itself. Nothing here resolves a secret or touches the network: reading th
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import string
 import tomllib
@@ -52,12 +53,21 @@ __all__ = [
 # --- the settings handed to the rest of the program -------------------------------------------------
 
 
+def default_state_path() -> Path:
+    """The SQLite file when `server.state_path` is not set: the user's state directory (XDG Base
+    Directory: $XDG_STATE_HOME, else ~/.local/state), never the current or the config's directory,
+    so running the server from a checkout leaves nothing in it."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path("~/.local/state").expanduser()  # relative: ignored
+    return root / "bridge" / "bridge.sqlite3"
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     public_url: str | None = None
     max_body_bytes: int = 26_214_400  # GitHub caps webhook payloads at 25 MB
     poll_interval_seconds: int = 15
-    state_path: Path = Path("bridge.sqlite3")
+    state_path: Path = field(default_factory=default_state_path)
     threads: int = 8
     max_build_starts_per_second: int = 10
 
@@ -307,8 +317,9 @@ _SERVER_KEYS = (
     _Key(
         "state_path",
         "string",
-        "SQLite file holding deliveries and tracked builds; relative to the config file's directory.",
-        default="bridge.sqlite3",
+        "SQLite file holding deliveries and tracked builds; relative to the config file's directory."
+        " Its folder is created when missing.",
+        default_doc="$XDG_STATE_HOME/bridge/bridge.sqlite3 (~/.local/state/bridge/bridge.sqlite3)",
     ),
     _Key("threads", "integer", "gunicorn threads serving webhooks.", default=8, minimum=1, maximum=64),
     _Key(
@@ -970,7 +981,11 @@ class _Reader:
         values = self.table(raw, _SERVER_KEYS, "server")
         if values is None or any(value is _INVALID for value in values.values()):
             return ServerSettings()
-        state_path = Path(values["state_path"]).expanduser()
+        state_path = (
+            Path(values["state_path"]).expanduser()
+            if values["state_path"] is not None
+            else default_state_path()
+        )
         return ServerSettings(
             public_url=values["public_url"],
             max_body_bytes=values["max_body_bytes"],

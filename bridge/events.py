@@ -48,6 +48,22 @@ _TAG_PREFIX = "refs/tags/"
 GITHUB_BUILD_ACTIONS = frozenset({"opened", "synchronize", "reopened", "ready_for_review"})
 GITLAB_BUILD_ACTIONS = frozenset({"open", "reopen"})
 
+# GitLab names an event twice: X-Gitlab-Event ("Push Hook") and the body's object_kind ("push").
+# Both are accepted wherever an event is named (the webhook header, `bridge plan --event`).
+GITLAB_EVENT_HEADERS: dict[str, str] = {
+    "push": "Push Hook",
+    "tag_push": "Tag Push Hook",
+    "merge_request": "Merge Request Hook",
+    "note": "Note Hook",
+    "issue": "Issue Hook",
+    "pipeline": "Pipeline Hook",
+    "build": "Job Hook",
+    "job": "Job Hook",
+    "deployment": "Deployment Hook",
+    "release": "Release Hook",
+    "wiki_page": "Wiki Page Hook",
+}
+
 
 # Not frozen, like the other two helpers here: a frozen dataclass sets each field through
 # object.__setattr__, and a push delivery makes half a dozen of these, each read once.
@@ -591,7 +607,7 @@ def _gitlab_merge_request(root: _Fields) -> SourceEvent | Ignored:
     action = attrs.text("action")
     iid = attrs.integer("iid")
     if action == "update":
-        if attrs.maybe_text("oldrev") is None:
+        if attrs.maybe_text("oldrev") is None and not _marked_ready(root):
             return Ignored(f"merge request !{iid} updated without new commits")
     elif action not in GITLAB_BUILD_ACTIONS:
         return Ignored(f"merge request action {action!r} does not change the code to build")
@@ -636,6 +652,19 @@ def _gitlab_change(root: _Fields, attrs: _Fields, action: str) -> SourceEvent | 
     )
 
 
+def _marked_ready(root: _Fields) -> bool:
+    """A draft merge request marked ready: GitLab sends an update with no new commits, GitHub a
+    `ready_for_review` action, and both build it (a route skips drafts unless `drafts = true`)."""
+    changes = root.maybe_obj("changes")
+    if changes is None:
+        return False
+    for key in ("draft", "work_in_progress"):  # work_in_progress: GitLab before 13.x
+        change = changes.maybe_obj(key)
+        if change is not None and change.flag("previous") and not change.flag("current"):
+            return True
+    return False
+
+
 _GITLAB_HANDLERS: dict[str, Callable[[_Fields], SourceEvent | Ignored]] = {
     "Push Hook": _gitlab_push,
     "Tag Push Hook": _gitlab_push,
@@ -644,10 +673,15 @@ _GITLAB_HANDLERS: dict[str, Callable[[_Fields], SourceEvent | Ignored]] = {
 
 
 def from_gitlab(event_header: str, payload: Mapping[str, Any]) -> SourceEvent | Ignored:
-    """A GitLab webhook delivery (X-Gitlab-Event, parsed JSON body) → what to build, or why not."""
+    """A GitLab webhook delivery (X-Gitlab-Event or its short name, parsed JSON body) → what to
+    build, or why not."""
+    event_header = GITLAB_EVENT_HEADERS.get(event_header, event_header)
     handler = _GITLAB_HANDLERS.get(event_header)
     if handler is None:
-        return Ignored(f"GitLab event {event_header!r} does not trigger builds")
+        return Ignored(
+            f"GitLab event {event_header!r} does not trigger builds (builds come from push, tag_push and"
+            " merge_request: Push Hook, Tag Push Hook, Merge Request Hook)"
+        )
     return handler(_Fields.root(payload, "gitlab", event_header))
 
 

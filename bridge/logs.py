@@ -1,8 +1,9 @@
-"""Structured logs: one JSON object a line, secrets masked by construction.
+"""Structured logs: one JSON object a line for machines, one readable line for a person at a terminal,
+secrets masked by construction in both.
 
 Values travel as they are; a `Secret` serializes as its mask because `default=str` calls its
-__str__, so no call site has to remember to redact. Exceptions are logged by type and message,
-which bridge's own errors keep free of secret values.
+__str__ (and the text line writes str() of each value), so no call site has to remember to redact.
+Exceptions are logged by type and message, which bridge's own errors keep free of secret values.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Final
+from typing import Any, Final, Literal, TextIO
 
 from bridge import jsonfast
 
 # Set in a request's WSGI environ once the app has written that request's line (a delivery's line
 # carries its status and latency too): the access log then skips it, so a delivery is one line.
 LOGGED_BY_APP: Final = "bridge.logged"
+
+LogFormat = Literal["auto", "text", "json"]
+LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("auto", "text", "json")
 
 # One encoder for every line (json.dumps with options builds a new encoder on each call).
 _ENCODER: Final = jsonfast.Encoder(default=str, ensure_ascii=False)
@@ -47,7 +51,7 @@ def log_fields(logger: logging.Logger, level: int, msg: str, fields: dict[str, A
     logger.handle(record)
 
 
-class JsonFormatter(logging.Formatter):
+class _Stamped(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
         # (second, its text): one tuple, so a thread never pairs one second with another's text.
@@ -62,6 +66,19 @@ class JsonFormatter(logging.Formatter):
             self._second = (second, text)
         return f"{text}.{int(record.msecs):03d}Z"
 
+    @staticmethod
+    def _fields(record: logging.LogRecord) -> dict[str, Any]:
+        fields = record.__dict__.get(_FIELDS)
+        if fields is not None:
+            return fields  # type: ignore[no-any-return]
+        return {
+            key: value
+            for key, value in vars(record).items()
+            if key not in _STANDARD_ATTRS and not key.startswith("_")
+        }
+
+
+class JsonFormatter(_Stamped):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": self._timestamp(record),
@@ -69,21 +86,70 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        fields = record.__dict__.get(_FIELDS)
-        if fields is not None:
-            entry.update(fields)
-        else:
-            for key, value in vars(record).items():
-                if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                    entry[key] = value
+        entry.update(self._fields(record))
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             entry["error"] = f"{type(error).__name__}: {error}"
         return _ENCODER.encode(entry)
 
 
+def _text_value(value: Any) -> str:
+    """A value as `key=value` shows it: bare when it is one plain word, else quoted with escapes, so a
+    line stays one line and a value with spaces or `=` cannot pass for another field."""
+    text = str(value)
+    if text and all(c.isprintable() and c not in ' "=' for c in text):
+        return text
+    return _ENCODER.encode(text)
+
+
+class TextFormatter(_Stamped):
+    """`TIME LEVEL LOGGER: message key=value …`: the JSON line's fields, for a person at a terminal.
+
+    Fields that are None are left out (the JSON line keeps them), so a line reads as what happened.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [
+            self._timestamp(record),
+            f"{record.levelname.lower():<7}",
+            f"{record.name}:",
+            record.getMessage().replace("\n", "\\n"),
+        ]
+        parts.extend(
+            f"{key}={_text_value(value)}" for key, value in self._fields(record).items() if value is not None
+        )
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            parts.append(f"error={_text_value(f'{type(error).__name__}: {error}')}")
+        return " ".join(parts)
+
+
+_formatter: Final[list[logging.Formatter]] = [JsonFormatter()]
+
+
+def resolve_format(log_format: str, stream: TextIO) -> Literal["text", "json"]:
+    """auto: text on a terminal (a person reads it), JSON anywhere else (a log collector reads it)."""
+    if log_format == "auto":
+        isatty = getattr(stream, "isatty", None)
+        return "text" if isatty is not None and isatty() else "json"
+    if log_format in ("text", "json"):
+        return log_format  # type: ignore[return-value]
+    raise ValueError(f"log format {log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+
+
+def current_formatter() -> logging.Formatter:
+    """The formatter configure_logging chose, for handlers made later (gunicorn's)."""
+    return _formatter[0]
+
+
 def configure_json_logging(level: str = "INFO") -> None:
-    """Route every logger (ours, gunicorn's, botocore's) through one JSON line formatter on stderr.
+    """configure_logging with JSON lines whatever stderr is."""
+    configure_logging(level, "json")
+
+
+def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
+    """Route every logger (ours, gunicorn's, botocore's) through one line formatter on stderr: JSON,
+    text, or auto (text on a terminal, JSON otherwise).
 
     The formatter writes no caller, thread or process fields, so the logging module is told not to
     collect them (its documented optimisations): finding the caller walks the stack on every line,
@@ -94,7 +160,9 @@ def configure_json_logging(level: str = "INFO") -> None:
     logging.logMultiprocessing = False
     logging._srcfile = None  # the switch the logging HOWTO's Optimization table names for this
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    formatter = TextFormatter() if resolve_format(log_format, sys.stderr) == "text" else JsonFormatter()
+    _formatter[0] = formatter
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -13,8 +13,10 @@ process (no preload), so no connection is created before a fork that would share
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -24,7 +26,8 @@ from gunicorn.glogging import Logger as GunicornLogger  # type: ignore[import-un
 
 from bridge.app import WORKER_KEY, create_app
 from bridge.config import Config
-from bridge.logs import LOGGED_BY_APP, JsonFormatter
+from bridge.errors import InputError
+from bridge.logs import LOGGED_BY_APP, current_formatter
 from bridge.services import build_services
 from bridge.worker import Worker
 from bridge.worker_process import WorkerProcess
@@ -34,14 +37,15 @@ log = logging.getLogger("bridge.server")
 GRACEFUL_TIMEOUT_SECONDS: Final = 30
 
 
-class JsonLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no type hints
-    """gunicorn's own log lines and the access log, as one JSON object a line like everything else."""
+class LineLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no type hints
+    """gunicorn's own log lines and the access log, in the format every other line has (JSON or text,
+    as bridge.logs.configure_logging chose)."""
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         for logger in (self.error_log, self.access_log):
             for handler in logger.handlers:
-                handler.setFormatter(JsonFormatter())
+                handler.setFormatter(current_formatter())
 
     def access(self, resp: Any, req: Any, environ: Mapping[str, Any], request_time: Any) -> None:
         if not self.access_log_enabled or environ.get(LOGGED_BY_APP):
@@ -110,9 +114,59 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
         return self._app_factory()
 
 
-def server_options(*, host: str, port: int, threads: int) -> dict[str, Any]:
+_HOST_HINT: Final = "pass an address of this machine: 127.0.0.1 (this host only) or 0.0.0.0 (every interface)"
+
+
+def listen(host: str, port: int) -> int:
+    """Bind the server's socket before gunicorn starts, and hand gunicorn its file descriptor.
+
+    gunicorn, binding itself, answers a port in use with five error lines a second apart and then a
+    sixth; here it is one error naming the port and what to do. gunicorn takes the descriptor over
+    (`fd://N`) and closes it, so nothing is left open in this process.
+    """
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(
+            "--host",
+            f"{host!r} is not an address or a name this host can resolve ({exc})",
+            hint=_HOST_HINT,
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn sets it
+        sock.bind(address)
+        sock.listen(2048)  # gunicorn's default backlog; it listens again with its own
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise InputError(
+                "--port",
+                f"{where} is already in use by another process",
+                hint=f"stop the process listening there (`ss -ltnp 'sport = :{port}'` shows it), "
+                "or pass another --port",
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise InputError(
+                "--port",
+                f"no permission to listen on {where}",
+                hint="ports below 1024 need root: pass --port 1024 or above (8080 by default)",
+            ) from None
+        raise InputError(
+            "--host",
+            f"cannot listen on {where}: {exc.strerror}",
+            hint=_HOST_HINT,
+        ) from None
+    return sock.detach()
+
+
+def server_options(*, host: str, port: int, threads: int, fd: int | None = None) -> dict[str, Any]:
+    """gunicorn's settings; `fd`, a socket from listen(), is served instead of binding host:port."""
     return {
-        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "bind": f"fd://{fd}" if fd is not None else f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": 1,  # see the module docstring: one writer of the SQLite store
         "worker_class": "gthread",
         "threads": threads,
@@ -122,7 +176,7 @@ def server_options(*, host: str, port: int, threads: int) -> dict[str, Any]:
         "preload_app": False,
         "accesslog": "-",
         "errorlog": "-",
-        "logger_class": JsonLogger,
+        "logger_class": LineLogger,
         "post_worker_init": _start_worker,
         "worker_exit": _stop_worker,
         "proc_name": "bridge",
@@ -133,5 +187,6 @@ def server_options(*, host: str, port: int, threads: int) -> dict[str, Any]:
 
 
 def run(app_factory: Callable[[], Flask], *, host: str, port: int, threads: int) -> None:
-    """Serve until SIGTERM/SIGINT; returns after a graceful shutdown."""
-    BridgeServer(app_factory, server_options(host=host, port=port, threads=threads)).run()
+    """Serve until SIGTERM/SIGINT; returns after a graceful shutdown. InputError if it cannot listen."""
+    fd = listen(host, port)
+    BridgeServer(app_factory, server_options(host=host, port=port, threads=threads, fd=fd)).run()

@@ -717,6 +717,27 @@ def test_one_json_log_line_per_delivery(app: App, caplog: pytest.LogCaptureFixtu
     assert GITLAB_WEBHOOK_TOKEN not in caplog.text
 
 
+@pytest.mark.parametrize("refusal", ["unreadable secret", "forged signature", "forged gitlab token"])
+def test_a_refused_delivery_is_logged_with_the_delivery_and_event_it_was_sent_with(
+    app: App, caplog: pytest.LogCaptureFixture, refusal: str
+) -> None:
+    """An operator looking for a delivery GitHub or GitLab shows as failed finds it by its id."""
+    caplog.set_level("INFO", logger="bridge.app")
+    if refusal == "unreadable secret":
+        del app.environ["GITHUB_WEBHOOK_SECRET"]
+        delivery, expected = github_delivery("push", PUSH, delivery_id="refused-1"), (503, "push")
+    elif refusal == "forged signature":
+        delivery = github_delivery("push", PUSH, secret="forged", delivery_id="refused-1")
+        expected = (401, "push")
+    else:
+        delivery = gitlab_delivery(gitlab_payload("push"), token="forged", event_uuid="refused-1")
+        expected = (401, "Push Hook")
+    assert app.send(delivery).status_code == expected[0]
+    (record,) = [r for r in caplog.records if r.name == "bridge.app" and r.getMessage() == "delivery"]
+    assert (vars(record)["delivery"], vars(record)["event"]) == ("refused-1", expected[1])
+    assert app.persisted() == 0
+
+
 def _rerun_suite(sha: str) -> dict[str, Any]:
     """A check_suite re-run as GitHub sends it for a fork's commit: no pull request listed."""
     payload = github_payload("check_suite", "rerequested")

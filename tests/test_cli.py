@@ -123,7 +123,7 @@ def test_plan_prints_why_nothing_is_built(
     tmp_path: Path, config_file: Path, capsys: pytest.CaptureFixture[str], case: tuple[str, str, Any, str]
 ) -> None:
     provider, event, payload, reason = case
-    assert run_plan(config_file, write_payload(tmp_path, payload), provider, event) == 0
+    assert run_plan(config_file, write_payload(tmp_path, payload), provider, event) == 3  # ignored
     answer = json.loads(capsys.readouterr().out)
     assert list(answer) == ["ignored"]
     assert reason in answer["ignored"]
@@ -153,9 +153,9 @@ def test_plan_bad_payload_file_is_exit_2(
 def test_plan_malformed_payload_names_the_key(
     tmp_path: Path, config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_plan(config_file, write_payload(tmp_path, {"ref": "refs/heads/master"}), "github", "push") == 1
+    assert run_plan(config_file, write_payload(tmp_path, {"ref": "refs/heads/master"}), "github", "push") == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ")
+    assert err.startswith("error: input '--payload': GitHub 'push' payload: '")
     assert "hint:" in err
 
 

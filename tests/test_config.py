@@ -19,6 +19,7 @@ from bridge.config import (
     InvalidConfigError,
     Route,
     config_schema,
+    default_state_path,
     load_config,
     parse_config,
     render_docs,
@@ -91,7 +92,7 @@ def errors_of(text: str) -> InvalidConfigError:
 
 def test_the_example_file_loads_with_every_setting() -> None:
     config = load_config(EXAMPLE)
-    assert config.server.state_path == EXAMPLE.parent / "bridge.sqlite3"
+    assert config.server.state_path == Path.home() / ".local" / "state" / "bridge" / "bridge.sqlite3"
     assert config.server.public_url == "https://bridge.example.com"
     assert config.aws.region == "eu-west-1"
     assert config.github is not None
@@ -132,7 +133,8 @@ def test_a_file_without_routes_is_valid_and_uses_defaults(tmp_path: Path) -> Non
     assert config.routes == ()
     assert config.github is None
     assert config.gitlab is None
-    assert config.server.state_path == tmp_path / "bridge.sqlite3"
+    assert config.server.state_path == default_state_path()
+    assert not config.server.state_path.is_relative_to(tmp_path)  # never beside the config file
     assert config.server.poll_interval_seconds == 15
     assert config.server.max_body_bytes == 25 * 1024 * 1024
     assert config.sns.topic_arns == ()
@@ -141,6 +143,21 @@ def test_a_file_without_routes_is_valid_and_uses_defaults(tmp_path: Path) -> Non
 def test_the_build_start_rate_is_read_and_defaults_to_ten() -> None:
     assert parse("").server.max_build_starts_per_second == 10
     assert parse("[server]\nmax_build_starts_per_second = 40\n").server.max_build_starts_per_second == 40
+
+
+@pytest.mark.parametrize(
+    ("xdg_state_home", "expected"),
+    [
+        ("/srv/state", Path("/srv/state/bridge/bridge.sqlite3")),
+        ("", Path.home() / ".local/state/bridge/bridge.sqlite3"),
+        ("relative/dir", Path.home() / ".local/state/bridge/bridge.sqlite3"),  # the spec: ignore it
+    ],
+)
+def test_the_default_state_path_is_the_users_state_directory(
+    monkeypatch: pytest.MonkeyPatch, xdg_state_home: str, expected: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", xdg_state_home)
+    assert parse("").server.state_path == expected
 
 
 def test_an_absolute_state_path_is_kept() -> None:

@@ -566,6 +566,7 @@ def test_gitlab_payload_files_are_all_there() -> None:
         "merge_request_open",
         "merge_request_update_with_oldrev",
         "merge_request_update_no_oldrev",
+        "merge_request_update_title",
         "merge_request_close",
         "merge_request_fork_open",
     }
@@ -663,7 +664,7 @@ def test_gitlab_fork_merge_request_reports_on_the_fork() -> None:
 @pytest.mark.parametrize(
     ("name", "action", "reason"),
     [
-        ("merge_request_update_no_oldrev", None, "without new commits"),
+        ("merge_request_update_title", None, "without new commits"),
         ("merge_request_close", None, "'close'"),
         ("merge_request_open", "merge", "'merge'"),
         ("merge_request_open", "approved", "'approved'"),
@@ -678,6 +679,46 @@ def test_gitlab_merge_requests_that_do_not_build(name: str, action: str | None, 
         payload["object_attributes"]["action"] = action
         validate_event_header_and_body_dict("Merge Request Hook", payload)  # still a real-shaped body
     assert reason in _ignored(from_gitlab("Merge Request Hook", payload))
+
+
+@pytest.mark.parametrize("key", ["draft", "work_in_progress"])
+def test_gitlab_draft_marked_ready_builds_as_github_ready_for_review_does(key: str) -> None:
+    """GitLab sends an update with no new commits (no oldrev) and `changes.draft` true → false."""
+    payload = gitlab_payload("merge_request_update_no_oldrev")
+    assert "oldrev" not in payload["object_attributes"]
+    payload["changes"] = {key: {"previous": True, "current": False}}
+    event = _built(from_gitlab("Merge Request Hook", payload))
+    assert (event.kind, event.action, event.is_draft) == ("merge_request", "update", False)
+    assert "ready_for_review" in GITHUB_BUILD_ACTIONS
+
+
+@pytest.mark.parametrize(
+    "change", [{"previous": False, "current": True}, {"previous": True, "current": True}]
+)
+def test_gitlab_draft_changes_other_than_marked_ready_do_not_build(change: dict[str, bool]) -> None:
+    payload = gitlab_payload("merge_request_update_no_oldrev")
+    payload["changes"] = {"draft": change}
+    assert "without new commits" in _ignored(from_gitlab("Merge Request Hook", payload))
+
+
+@pytest.mark.parametrize(("short", "header"), sorted(GITLAB_HEADERS.items()))
+def test_gitlab_short_event_names_mean_the_header_names(short: str, header: str) -> None:
+    """`push`, `tag_push`, `merge_request` (the body's object_kind) are accepted as the header is."""
+    for name in GITLAB_FILES:
+        payload = gitlab_payload(name)
+        if payload["object_kind"] == short:
+            assert from_gitlab(short, payload) == from_gitlab(header, payload)
+
+
+def test_gitlab_note_is_the_note_hook() -> None:
+    def outcome(name: str) -> object:
+        try:
+            return from_gitlab(name, {"object_kind": "note"})
+        except BadRequestError as exc:
+            return exc.message
+
+    assert "Note Hook" in str(outcome("note"))
+    assert outcome("note") == outcome("Note Hook")
 
 
 def test_gitlab_reopen_builds() -> None:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.logs import JsonFormatter, configure_json_logging, log_fields
+from bridge.logs import JsonFormatter, TextFormatter, configure_json_logging, log_fields, resolve_format
 from bridge.secret import MASK, Secret
 
 
@@ -185,3 +185,25 @@ def test_log_fields_refuses_a_field_that_would_overwrite_the_record_as_extra_doe
     with pytest.raises(KeyError, match=clash):
         log_fields(logger, logging.INFO, "delivery", {"delivery": "d-1", clash: "x"})
     assert handler.records == []
+
+
+def test_a_text_line_has_the_json_lines_fields_one_line_and_masked() -> None:
+    record = _record(delivery="d-1", event="Push Hook", route=None, token=Secret("ghp_do-not-print-me"))
+    record.msg, record.args = "two\nlines", ()
+    line = TextFormatter().format(record)
+    assert "\n" not in line
+    assert line.endswith('two\\nlines delivery=d-1 event="Push Hook" token=***')  # None fields left out
+    assert "ghp_do-not-print-me" not in line
+    injected = TextFormatter().format(_record(reason='x" status=202 "y'))
+    assert injected.endswith('reason="x\\" status=202 \\"y"')  # a value cannot pass for another field
+
+
+@pytest.mark.parametrize(("terminal", "expected"), [(True, "text"), (False, "json")])
+def test_auto_is_text_on_a_terminal_and_json_otherwise(terminal: bool, expected: str) -> None:
+    class Stream(io.StringIO):
+        def isatty(self) -> bool:
+            return terminal
+
+    assert resolve_format("auto", Stream()) == expected
+    assert resolve_format("json", Stream()) == "json"
+    assert resolve_format("text", Stream()) == "text"

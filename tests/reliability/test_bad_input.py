@@ -342,7 +342,7 @@ CASES: list[Case] = [
     ),
     Case(
         "gitlab MR update without new commits",
-        lambda: gitlab_delivery(gitlab_payload("merge_request_update_no_oldrev")),
+        lambda: gitlab_delivery(gitlab_payload("merge_request_update_title")),
         200,
         "ignored",
         reason="without new commits",
