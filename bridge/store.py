@@ -54,9 +54,18 @@ DeliveryState = Literal["pending", "started", "failed", "ignored"]
 # the webhook sender is waiting behind it (GitHub gives up after 10 s), and a delivery may wait for
 # the write in flight before its own, so two waits must fit well inside that.
 _BUSY_TIMEOUT_SECONDS: Final = 2.0
-_SCHEMA_VERSION: Final = 2
+_SCHEMA_VERSION: Final = 3
 # Columns added after version 1, for state files written by an older bridge: (table, column, type).
-_ADDED_COLUMNS: Final = (("builds", "lease_owner", "TEXT"),)
+# Version 3: what the operator page shows (an ignored delivery's repository and commit, the
+# StartBuild request a delivery made, the status a build's commit got and when the build began).
+_ADDED_COLUMNS: Final = (
+    ("builds", "lease_owner", "TEXT"),
+    ("deliveries", "repository", "TEXT"),
+    ("deliveries", "sha", "TEXT"),
+    ("deliveries", "request_json", "TEXT"),
+    ("builds", "status_json", "TEXT"),
+    ("builds", "created_at", "REAL"),
+)
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS deliveries (
     delivery_id TEXT PRIMARY KEY,
@@ -69,9 +78,13 @@ CREATE TABLE IF NOT EXISTS deliveries (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error TEXT,
-    build_id TEXT
+    build_id TEXT,
+    repository TEXT,
+    sha TEXT,
+    request_json TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received_at);
 CREATE TABLE IF NOT EXISTS builds (
     build_id TEXT PRIMARY KEY,
     delivery_id TEXT NOT NULL,
@@ -84,7 +97,9 @@ CREATE TABLE IF NOT EXISTS builds (
     done INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL,
     lease_until REAL NOT NULL DEFAULT 0,
-    lease_owner TEXT
+    lease_owner TEXT,
+    status_json TEXT,
+    created_at REAL
 );
 CREATE INDEX IF NOT EXISTS builds_active ON builds (done);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), written_at REAL NOT NULL);
@@ -102,7 +117,11 @@ CREATE TABLE IF NOT EXISTS approvals (
 
 _BUILD_COLUMNS: Final = (
     "build_id, delivery_id, provider, route_name, event_json, reporter_ref, last_build_status,"
-    " last_reported_state, done, updated_at"
+    " last_reported_state, done, updated_at, status_json, created_at"
+)
+_DELIVERY_COLUMNS: Final = (
+    "delivery_id, provider, event_name, received_at, route_name, event_json, state, attempts,"
+    " next_attempt_at, last_error, build_id, repository, sha, request_json"
 )
 _SELECT_BUILDS: Final = f"SELECT {_BUILD_COLUMNS} FROM builds"  # noqa: S608  (constants only)
 
@@ -138,8 +157,18 @@ class DeliveryRow:
     state: DeliveryState
     attempts: int
     next_attempt_at: float
-    last_error: str | None
+    last_error: str | None  # why it failed, or (ignored) why it was not built
     build_id: str | None
+    repository: str | None = None  # also for ignored deliveries, when the payload named one
+    sha: str | None = None
+    request_json: str | None = None  # the StartBuild request it made (JSON), once started
+
+    @property
+    def outcome(self) -> str:
+        """What became of it, in the operator's words: the state, or "retrying" while a start fails."""
+        if self.state == "pending" and self.last_error:
+            return "retrying"
+        return self.state
 
 
 @dataclass(frozen=True)
@@ -154,6 +183,8 @@ class TrackedBuild:
     last_reported_state: str | None
     done: bool
     updated_at: float
+    status_json: str | None = None  # the status its commit got last (bridge.core.activity reads it)
+    created_at: float | None = None  # when it was started (None in rows older than schema 3)
 
 
 _INSERT_DELIVERIES: Final = (
@@ -218,7 +249,16 @@ class StateStore(Protocol):
         self, delivery_id: str, provider: str, event_name: str, route_name: str, event: SourceEvent
     ) -> bool: ...
 
-    def add_ignored(self, delivery_id: str, provider: str, event_name: str, reason: str) -> bool: ...
+    def add_ignored(
+        self,
+        delivery_id: str,
+        provider: str,
+        event_name: str,
+        reason: str,
+        *,
+        repository: str | None = None,
+        sha: str | None = None,
+    ) -> bool: ...
 
     def release_claims(self) -> int:
         """At start-up: make the claims of a process that died due now; how many were released."""
@@ -238,6 +278,7 @@ class StateStore(Protocol):
         *,
         lease_owner: str | None = None,
         lease_seconds: float = 60,
+        request_json: str | None = None,
     ) -> bool:
         """True when this call recorded the build (False: it was already recorded, report nothing)."""
         ...
@@ -247,6 +288,16 @@ class StateStore(Protocol):
     def mark_failed(self, delivery_id: str, error: str) -> None: ...
 
     def get_delivery(self, delivery_id: str) -> DeliveryRow | None: ...
+
+    def recent_deliveries(
+        self, limit: int = 50, *, repository: str | None = None, sha: str | None = None
+    ) -> list[DeliveryRow]:
+        """Newest first; `sha` matches a commit or a prefix of one (what the operator page shows)."""
+        ...
+
+    def get_builds(self, build_ids: Sequence[str]) -> dict[str, TrackedBuild]:
+        """The tracked builds among `build_ids`, by id (unknown ids are left out)."""
+        ...
 
     def active_builds(self) -> list[TrackedBuild]: ...
 
@@ -262,6 +313,7 @@ class StateStore(Protocol):
         last_reported_state: str | None = None,
         reporter_ref: str | None = None,
         done: bool | None = None,
+        status_json: str | None = None,
     ) -> None: ...
 
     def claim_builds(self, owner: str, *, lease_seconds: float, poll_interval: float) -> list[TrackedBuild]:
@@ -545,15 +597,26 @@ class SqliteStore:
                 )
             return added
 
-    def add_ignored(self, delivery_id: str, provider: str, event_name: str, reason: str) -> bool:
-        """Remember a delivery that asked for no build, so a redelivery is recognised and answered alike."""
+    def add_ignored(
+        self,
+        delivery_id: str,
+        provider: str,
+        event_name: str,
+        reason: str,
+        *,
+        repository: str | None = None,
+        sha: str | None = None,
+    ) -> bool:
+        """Remember a delivery that asked for no build, and why: a redelivery is recognised and
+        answered alike, and the operator page can say what became of it."""
         now = self._clock()
         with self._guard("recording a delivery"), self._transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO deliveries (delivery_id, provider, event_name, received_at, route_name,"
-                " event_json, state, attempts, next_attempt_at, last_error)"
-                " VALUES (?, ?, ?, ?, '', NULL, 'ignored', 0, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
-                (delivery_id, provider, event_name, now, now, reason),
+                " event_json, state, attempts, next_attempt_at, last_error, repository, sha)"
+                " VALUES (?, ?, ?, ?, '', NULL, 'ignored', 0, ?, ?, ?, ?)"
+                " ON CONFLICT (delivery_id) DO NOTHING",
+                (delivery_id, provider, event_name, now, now, reason, repository, sha),
             )
             return cursor.rowcount == 1
 
@@ -635,6 +698,7 @@ class SqliteStore:
         *,
         lease_owner: str | None = None,
         lease_seconds: float = 60,
+        request_json: str | None = None,
     ) -> bool:
         """The delivery is done and its build is tracked: both, or (on any error) neither.
 
@@ -652,14 +716,14 @@ class SqliteStore:
                     f"no pending delivery {delivery_id} to mark started", hint="add_delivery must come first"
                 )
             conn.execute(
-                "UPDATE deliveries SET state = 'started', build_id = ?, last_error = NULL"
-                " WHERE delivery_id = ?",
-                (build_id, delivery_id),
+                "UPDATE deliveries SET state = 'started', build_id = ?, last_error = NULL,"
+                " request_json = COALESCE(?, request_json) WHERE delivery_id = ?",
+                (build_id, request_json, delivery_id),
             )
             cursor = conn.execute(
                 "INSERT INTO builds (build_id, delivery_id, provider, route_name, event_json, reporter_ref,"
-                " done, updated_at, lease_owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
-                " ON CONFLICT (build_id) DO NOTHING",
+                " done, updated_at, lease_owner, lease_until, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) ON CONFLICT (build_id) DO NOTHING",
                 (
                     build_id,
                     delivery_id,
@@ -670,6 +734,7 @@ class SqliteStore:
                     now,
                     lease_owner,
                     now + lease_seconds if lease_owner is not None else 0,
+                    now,
                 ),
             )
             return cursor.rowcount == 1
@@ -693,25 +758,52 @@ class SqliteStore:
     def get_delivery(self, delivery_id: str) -> DeliveryRow | None:
         with self._guard("reading a delivery"):
             rows = self._read(
-                "SELECT delivery_id, provider, event_name, received_at, route_name, event_json, state,"
-                " attempts, next_attempt_at, last_error, build_id FROM deliveries WHERE delivery_id = ?",
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE delivery_id = ?",  # noqa: S608 (constants)
                 (delivery_id,),
             )
-        if not rows:
-            return None
-        row = rows[0]
+        return self._delivery(rows[0]) if rows else None
+
+    def recent_deliveries(
+        self, limit: int = 50, *, repository: str | None = None, sha: str | None = None
+    ) -> list[DeliveryRow]:
+        """Newest first. An accepted delivery's repository and commit are those of its event; an
+        ignored one's, what its payload named (its own columns)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if repository:
+            where.append("COALESCE(repository, json_extract(event_json, '$.repository')) = ?")
+            params.append(repository)
+        if sha:
+            # A prefix, as git abbreviates commits; LIKE's wildcards in the input are matched literally.
+            escaped = sha.lower().replace("!", "!!").replace("%", "!%").replace("_", "!_")
+            where.append("lower(COALESCE(sha, json_extract(event_json, '$.sha'))) LIKE ? ESCAPE '!'")
+            params.append(escaped + "%")
+        sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries"  # noqa: S608 (constants and placeholders)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY received_at DESC LIMIT ?"
+        with self._guard("listing deliveries"):
+            rows = self._read(sql, (*params, limit))
+        return [self._delivery(row) for row in rows]
+
+    @staticmethod
+    def _delivery(row: tuple[Any, ...]) -> DeliveryRow:
+        event = event_from_json(row[5]) if row[5] is not None else None
         return DeliveryRow(
             delivery_id=row[0],
             provider=row[1],
             event_name=row[2],
             received_at=row[3],
             route_name=row[4],
-            event=event_from_json(row[5]) if row[5] is not None else None,
+            event=event,
             state=cast(DeliveryState, row[6]),
             attempts=row[7],
             next_attempt_at=row[8],
             last_error=row[9],
             build_id=row[10],
+            repository=row[11] or (event.repository if event is not None else None),
+            sha=row[12] or (event.sha if event is not None else None),
+            request_json=row[13],
         )
 
     # --- builds ---------------------------------------------------------------------------------
@@ -729,7 +821,18 @@ class SqliteStore:
             last_reported_state=row[7],
             done=bool(row[8]),
             updated_at=row[9],
+            status_json=row[10],
+            created_at=row[11],
         )
+
+    def get_builds(self, build_ids: Sequence[str]) -> dict[str, TrackedBuild]:
+        found: dict[str, TrackedBuild] = {}
+        for ids in _slices(list(dict.fromkeys(build_ids))):
+            marks = ", ".join("?" * len(ids))
+            with self._guard("reading builds"):
+                rows = self._read(_SELECT_BUILDS + f" WHERE build_id IN ({marks})", tuple(ids))
+            found.update((row[0], self._build(row)) for row in rows)
+        return found
 
     def active_builds(self) -> list[TrackedBuild]:
         with self._guard("listing builds"):
@@ -759,19 +862,22 @@ class SqliteStore:
         last_reported_state: str | None = None,
         reporter_ref: str | None = None,
         done: bool | None = None,
+        status_json: str | None = None,
     ) -> None:
         """Set only the fields given; None leaves a field as it is."""
         with self._guard("updating a build"), self._transaction() as conn:
             conn.execute(
                 "UPDATE builds SET last_build_status = COALESCE(?, last_build_status),"
                 " last_reported_state = COALESCE(?, last_reported_state),"
-                " reporter_ref = COALESCE(?, reporter_ref), done = COALESCE(?, done), updated_at = ?"
+                " reporter_ref = COALESCE(?, reporter_ref), done = COALESCE(?, done),"
+                " status_json = COALESCE(?, status_json), updated_at = ?"
                 " WHERE build_id = ?",
                 (
                     last_build_status,
                     last_reported_state,
                     reporter_ref,
                     None if done is None else int(done),
+                    status_json,
                     self._clock(),
                     build_id,
                 ),

@@ -18,6 +18,7 @@ Table layout (single table, on-demand; `TABLE_DEFINITION` is what deploy/bridge.
   pk = "d#<delivery id>" | "b#<build id>" | "a#<provider>#<repository>#<change number>" | "probe"
   GSI "active": builds still running (`active` is present only until done), by `poll_at`
   GSI "commit": builds by "<provider>#<repository>#<sha>", newest first (what a re-run inherits)
+  GSI "recent": deliveries by the UTC day they came (`day`), newest first (the operator page)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, cast, get_args
 
@@ -53,6 +54,7 @@ log = logging.getLogger("bridge.store")
 TTL_ATTRIBUTE: Final = "expires_at"
 ACTIVE_INDEX: Final = "active"
 COMMIT_INDEX: Final = "commit"
+RECENT_INDEX: Final = "recent"
 DEFAULT_RETENTION_SECONDS: Final = 30 * 86_400
 COUNTS_CACHE_SECONDS: Final = 30.0
 _ACTIVE: Final = "1"
@@ -65,6 +67,8 @@ TABLE_DEFINITION: Final[Mapping[str, Any]] = {
         {"AttributeName": "poll_at", "AttributeType": "N"},
         {"AttributeName": "commit", "AttributeType": "S"},
         {"AttributeName": "updated_at", "AttributeType": "N"},
+        {"AttributeName": "day", "AttributeType": "S"},
+        {"AttributeName": "received_at", "AttributeType": "N"},
     ],
     "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
     "BillingMode": "PAY_PER_REQUEST",
@@ -82,6 +86,14 @@ TABLE_DEFINITION: Final[Mapping[str, Any]] = {
             "KeySchema": [
                 {"AttributeName": "commit", "KeyType": "HASH"},
                 {"AttributeName": "updated_at", "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "ALL"},
+        },
+        {
+            "IndexName": RECENT_INDEX,
+            "KeySchema": [
+                {"AttributeName": "day", "KeyType": "HASH"},
+                {"AttributeName": "received_at", "KeyType": "RANGE"},
             ],
             "Projection": {"ProjectionType": "ALL"},
         },
@@ -138,6 +150,11 @@ def _approval_key(provider: str, repository: str, number: int) -> dict[str, Any]
 
 def _commit_key(provider: str, repository: str, sha: str) -> str:
     return f"{provider}#{repository}#{sha}"
+
+
+def _day(when: float) -> str:
+    """The "recent" index's partition: one a UTC day, so listing the newest reads one or two."""
+    return time.strftime("%Y-%m-%d", time.gmtime(when))
 
 
 def _is_condition_failure(exc: botocore.exceptions.ClientError) -> bool:
@@ -227,12 +244,32 @@ class DynamoStore:
             route_name=_s(route_name),
             event_json=_s(event_to_json(event)),
             state=_s("pending"),
+            repository=_s(event.repository),
+            sha=_s(event.sha),
         )
         return self._put_new(item, "recording a delivery")
 
-    def add_ignored(self, delivery_id: str, provider: str, event_name: str, reason: str) -> bool:
+    def add_ignored(
+        self,
+        delivery_id: str,
+        provider: str,
+        event_name: str,
+        reason: str,
+        *,
+        repository: str | None = None,
+        sha: str | None = None,
+    ) -> bool:
+        named = {"repository": _s(repository)} if repository else {}
+        if sha:
+            named["sha"] = _s(sha)
         item = self._delivery_item(
-            delivery_id, provider, event_name, route_name=_s(""), state=_s("ignored"), last_error=_s(reason)
+            delivery_id,
+            provider,
+            event_name,
+            route_name=_s(""),
+            state=_s("ignored"),
+            last_error=_s(reason),
+            **named,
         )
         return self._put_new(item, "recording a delivery")
 
@@ -247,6 +284,7 @@ class DynamoStore:
             "provider": _s(provider),
             "event_name": _s(event_name),
             "received_at": _n(now),
+            "day": _s(_day(now)),
             "attempts": _n(0),
             "next_attempt_at": _n(now),
             TTL_ATTRIBUTE: _n(int(now + self._retention)),
@@ -310,6 +348,7 @@ class DynamoStore:
         *,
         lease_owner: str | None = None,
         lease_seconds: float = 60,
+        request_json: str | None = None,
     ) -> bool:
         """One transaction: the delivery turns started, its build row appears (leased to `lease_owner`,
         so nobody else reports on it before its starter posted the first status).
@@ -333,6 +372,7 @@ class DynamoStore:
             "event_json": _s(event_json),
             "done": {"BOOL": False},
             "updated_at": _n(now),
+            "created_at": _n(now),
             "active": _s(_ACTIVE),
             "poll_at": _n(now),
             "commit": _s(_commit_key(event.provider, event.repository, event.sha)),
@@ -341,6 +381,9 @@ class DynamoStore:
         }
         if reporter_ref is not None:
             build["reporter_ref"] = _s(reporter_ref)
+        started: dict[str, Any] = {":started": _s("started"), ":build": _s(build_id)}
+        if request_json is not None:
+            started[":request"] = _s(request_json)
         with self._guard("recording a started build"):
             try:
                 self._client.transact_write_items(
@@ -351,12 +394,10 @@ class DynamoStore:
                                 "Key": _delivery_key(delivery_id),
                                 "ConditionExpression": "attribute_exists(pk) AND #state <> :started",
                                 "UpdateExpression": "SET #state = :started, build_id = :build"
-                                " REMOVE last_error",
+                                + (", request_json = :request" if request_json is not None else "")
+                                + " REMOVE last_error",
                                 "ExpressionAttributeNames": {"#state": "state"},
-                                "ExpressionAttributeValues": {
-                                    ":started": _s("started"),
-                                    ":build": _s(build_id),
-                                },
+                                "ExpressionAttributeValues": started,
                             }
                         },
                         {
@@ -403,11 +444,13 @@ class DynamoStore:
 
     def get_delivery(self, delivery_id: str) -> DeliveryRow | None:
         item = self._get(_delivery_key(delivery_id), "reading a delivery")
-        if item is None:
-            return None
+        return self._delivery(item) if item is not None else None
+
+    @staticmethod
+    def _delivery(item: Mapping[str, Any]) -> DeliveryRow:
         event_json = _str(item, "event_json")
         return DeliveryRow(
-            delivery_id=delivery_id,
+            delivery_id=_str(item, "delivery_id") or "",
             provider=_str(item, "provider") or "",
             event_name=_str(item, "event_name") or "",
             received_at=_num(item, "received_at"),
@@ -418,7 +461,48 @@ class DynamoStore:
             next_attempt_at=_num(item, "next_attempt_at"),
             last_error=_str(item, "last_error"),
             build_id=_str(item, "build_id"),
+            repository=_str(item, "repository"),
+            sha=_str(item, "sha"),
+            request_json=_str(item, "request_json"),
         )
+
+    def recent_deliveries(
+        self, limit: int = 50, *, repository: str | None = None, sha: str | None = None
+    ) -> list[DeliveryRow]:
+        """Newest first, from the "recent" index one UTC day at a time, back to the retention period.
+
+        The filters are applied by DynamoDB to each day's items (a filter reads what it drops:
+        a page filtered to a quiet repository costs the day's deliveries in read units).
+        """
+        filters: list[str] = []
+        values: dict[str, Any] = {}
+        if repository:
+            filters.append("repository = :repository")
+            values[":repository"] = _s(repository)
+        if sha:
+            filters.append("begins_with(sha, :sha)")
+            values[":sha"] = _s(sha.lower())
+        now = self._clock()
+        found: list[DeliveryRow] = []
+        days = int(self._retention // 86_400) + 1
+        with self._guard("listing deliveries"):
+            for back in range(days + 1):
+                query: dict[str, Any] = {
+                    "TableName": self._table,
+                    "IndexName": RECENT_INDEX,
+                    "KeyConditionExpression": "#day = :day",
+                    "ExpressionAttributeNames": {"#day": "day"},
+                    "ExpressionAttributeValues": {":day": _s(_day(now - back * 86_400)), **values},
+                    "ScanIndexForward": False,
+                }
+                if filters:
+                    query["FilterExpression"] = " AND ".join(filters)
+                for page in self._client.get_paginator("query").paginate(**query):
+                    for item in page.get("Items", []):
+                        found.append(self._delivery(item))
+                        if len(found) >= limit:
+                            return found
+        return found
 
     # --- builds ---------------------------------------------------------------------------------
 
@@ -435,7 +519,18 @@ class DynamoStore:
             last_reported_state=_str(item, "last_reported_state"),
             done=_bool(item, "done"),
             updated_at=_num(item, "updated_at"),
+            status_json=_str(item, "status_json"),
+            created_at=_num(item, "created_at") if "created_at" in item else None,
         )
+
+    def get_builds(self, build_ids: Sequence[str]) -> dict[str, TrackedBuild]:
+        """One consistent GetItem each: a page lists tens, and the task role has no BatchGetItem."""
+        found: dict[str, TrackedBuild] = {}
+        for build_id in dict.fromkeys(build_ids):
+            build = self.get_build(build_id)
+            if build is not None:
+                found[build_id] = build
+        return found
 
     def _active_items(self, due_before: float | None = None) -> list[dict[str, Any]]:
         condition = "active = :active" + (" AND poll_at <= :now" if due_before is not None else "")
@@ -482,6 +577,7 @@ class DynamoStore:
         last_reported_state: str | None = None,
         reporter_ref: str | None = None,
         done: bool | None = None,
+        status_json: str | None = None,
     ) -> None:
         """Set only the fields given; a finished build leaves the active index and starts its TTL."""
         now = self._clock()
@@ -492,6 +588,7 @@ class DynamoStore:
             ("last_build_status", last_build_status),
             ("last_reported_state", last_reported_state),
             ("reporter_ref", reporter_ref),
+            ("status_json", status_json),
         ):
             if value is not None:
                 sets.append(f"{name} = :{name}")

@@ -68,6 +68,52 @@ def add(store: Store, delivery_id: str, event: SourceEvent = EVENT) -> bool:
 # --- deliveries -----------------------------------------------------------------------------------
 
 
+def test_recent_deliveries_are_newest_first_and_filter_by_repository_and_commit_prefix(
+    store: Store, clock: Clock
+) -> None:
+    other = replace(EVENT, repository="acme/api", sha="f" * 40)
+    add(store, "d-1")
+    clock.now += 1
+    add(store, "d-2", other)
+    clock.now += 1
+    store.add_ignored("d-3", "github", "issues", "GitHub event 'issues' does not trigger builds")
+    clock.now += 1
+    store.add_ignored("d-4", "gitlab", "Push Hook", "no route", repository="acme/web", sha="ab_%" + "0" * 36)
+
+    assert [row.delivery_id for row in store.recent_deliveries()] == ["d-4", "d-3", "d-2", "d-1"]
+    assert [row.delivery_id for row in store.recent_deliveries(limit=2)] == ["d-4", "d-3"]
+    assert [row.delivery_id for row in store.recent_deliveries(repository="acme/web")] == ["d-4", "d-1"]
+    assert [row.delivery_id for row in store.recent_deliveries(sha=SHA[:7].upper())] == ["d-1"]
+    assert [row.delivery_id for row in store.recent_deliveries(sha="ab_%")] == ["d-4"]
+    assert store.recent_deliveries(sha="ab__") == []  # "_" and "%" are not wildcards
+    assert store.recent_deliveries(repository="acme/api", sha=SHA) == []
+    ignored = store.recent_deliveries(repository="acme/web")[0]
+    assert (ignored.state, ignored.outcome, ignored.last_error) == ("ignored", "ignored", "no route")
+
+
+def test_a_started_delivery_keeps_its_request_and_its_build_the_status_reported(
+    store: Store, clock: Clock
+) -> None:
+    add(store, "d-1")
+    store.mark_retry("d-1", "ThrottlingException", 5)
+    assert store.recent_deliveries()[0].outcome == "retrying"
+    clock.now += 3
+    store.mark_started("d-1", "proj:b1", request_json='{"projectName": "proj"}')
+    clock.now += 40
+    store.update_build("proj:b1", status_json='{"state": "completed"}', done=True)
+
+    row = store.get_delivery("d-1")
+    assert row is not None
+    assert (row.outcome, row.request_json, row.build_id) == ("started", '{"projectName": "proj"}', "proj:b1")
+    builds = store.get_builds(["proj:b1", "proj:unknown", "proj:b1"])
+    assert list(builds) == ["proj:b1"]
+    assert (builds["proj:b1"].status_json, builds["proj:b1"].created_at) == (
+        '{"state": "completed"}',
+        1_000_003.0,
+    )
+    assert builds["proj:b1"].updated_at == 1_000_043.0
+
+
 def test_a_delivery_is_recorded_once(store: Store, clock: Clock) -> None:
     assert add(store, "d-1") is True
     assert add(store, "d-1") is False
@@ -675,9 +721,47 @@ def test_a_state_file_from_before_build_leases_is_upgraded(tmp_path: Path, clock
     (claimed,) = store.claim_builds("worker", lease_seconds=5, poll_interval=15)
     assert (claimed.build_id, claimed.event) == ("proj:b1", EVENT)
     assert store.lock_build("proj:b1", "server", lease_seconds=5) is None
+    assert (claimed.status_json, claimed.created_at) == (None, None)  # columns of schema 3, empty
+    store.update_build("proj:b1", status_json='{"state": "completed"}')
+    assert store.get_builds(["proj:b1"])["proj:b1"].status_json == '{"state": "completed"}'
     store.close()
     with sqlite3.connect(path) as check:
-        assert check.execute("PRAGMA user_version").fetchone() == (2,)
+        assert check.execute("PRAGMA user_version").fetchone() == (3,)
+
+
+def test_a_state_file_of_schema_2_gains_the_operator_columns(tmp_path: Path, clock: Clock) -> None:
+    """A file written before the operator page (schema 2) opens, keeps its deliveries, and records
+    an ignored delivery's repository from then on."""
+    path = tmp_path / "state.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE deliveries (
+            delivery_id TEXT PRIMARY KEY, provider TEXT NOT NULL, event_name TEXT NOT NULL,
+            received_at REAL NOT NULL, route_name TEXT NOT NULL, event_json TEXT,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'started', 'failed', 'ignored')),
+            attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, last_error TEXT,
+            build_id TEXT
+        );
+        PRAGMA user_version = 2;
+        """
+    )
+    old.execute(
+        "INSERT INTO deliveries (delivery_id, provider, event_name, received_at, route_name, event_json,"
+        " state, next_attempt_at) VALUES ('old', 'github', 'pull_request', 5.0, 'web', ?, 'pending', 5.0)",
+        (event_to_json(EVENT),),
+    )
+    old.commit()
+    old.close()
+
+    store = Store(path, clock=clock)
+    store.add_ignored("new", "github", "issues", "not a build event", repository="acme/web")
+
+    assert [(row.delivery_id, row.repository, row.sha) for row in store.recent_deliveries()] == [
+        ("new", "acme/web", None),
+        ("old", "acme/web", SHA),
+    ]
+    store.close()
 
 
 def test_an_exception_inside_a_write_rolls_it_back_and_frees_the_store(store: Store) -> None:

@@ -345,6 +345,63 @@ def test_a_delivery_is_accepted_once(any_store: StateStore, clock: Clock) -> Non
     assert any_store.get_delivery("unknown") is None
 
 
+def test_every_delivery_outcome_is_listed_newest_first_with_its_reason(
+    any_store: StateStore, clock: Clock
+) -> None:
+    """What the operator page lists: accepted and ignored deliveries (with why), across days,
+    filtered by repository and by a commit prefix."""
+    other = replace(EVENT, repository="acme/api", sha="f" * 40)
+    clock.now -= 86_400  # yesterday: another day's partition of the "recent" index
+    add(any_store, "d-old", other)
+    clock.now += 86_400
+    add(any_store, "d-1")
+    clock.now += 1
+    any_store.add_ignored("d-2", "github", "issues", "GitHub event 'issues' does not trigger builds")
+    clock.now += 1
+    any_store.add_ignored(
+        "d-3", "gitlab", "Push Hook", "no route matches", repository="acme/web", sha="ab" * 20
+    )
+
+    assert [row.delivery_id for row in any_store.recent_deliveries()] == ["d-3", "d-2", "d-1", "d-old"]
+    assert [row.delivery_id for row in any_store.recent_deliveries(limit=3)] == ["d-3", "d-2", "d-1"]
+    assert [row.delivery_id for row in any_store.recent_deliveries(repository="acme/web")] == ["d-3", "d-1"]
+    assert [row.delivery_id for row in any_store.recent_deliveries(sha=SHA[:7])] == ["d-1"]
+    assert [row.delivery_id for row in any_store.recent_deliveries(repository="acme/api")] == ["d-old"]
+    assert any_store.recent_deliveries(repository="acme/api", sha=SHA[:7]) == []
+    newest = any_store.recent_deliveries(limit=1)[0]
+    assert (newest.state, newest.outcome, newest.last_error) == ("ignored", "ignored", "no route matches")
+    assert (newest.repository, newest.sha, newest.event) == ("acme/web", "ab" * 20, None)
+    accepted = any_store.get_delivery("d-1")
+    assert accepted is not None
+    assert (accepted.repository, accepted.sha, accepted.outcome) == ("acme/web", SHA, "pending")
+
+
+def test_a_build_keeps_its_request_its_start_and_the_status_its_commit_got(
+    any_store: StateStore, clock: Clock
+) -> None:
+    add(any_store, "d-1")
+    started_at = clock.now
+    assert any_store.mark_started("d-1", "proj:b1", request_json='{"projectName": "proj"}') is True
+    clock.now += 30
+    any_store.update_build("proj:b1", last_build_status="SUCCEEDED", status_json='{"state": "completed"}')
+
+    delivery = any_store.get_delivery("d-1")
+    assert delivery is not None
+    assert (delivery.outcome, delivery.build_id, delivery.request_json) == (
+        "started",
+        "proj:b1",
+        '{"projectName": "proj"}',
+    )
+    builds = any_store.get_builds(["proj:b1", "proj:nope"])
+    assert list(builds) == ["proj:b1"]
+    build = builds["proj:b1"]
+    assert (build.status_json, build.created_at, build.updated_at) == (
+        '{"state": "completed"}',
+        started_at,
+        started_at + 30,
+    )
+
+
 def test_claim_delivery_leases_it_until_the_lease_runs_out(any_store: StateStore, clock: Clock) -> None:
     add(any_store, "d-1")
     first = any_store.claim_delivery("d-1", lease_seconds=30)
