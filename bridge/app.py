@@ -214,21 +214,54 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
             return Ignored(f"re-run requested for {rerun.short_sha}, which this bridge has not built")
         return events.inherit_rerun(rerun, original.event)
 
-    def accept(ctx: _Delivery, result: SourceEvent | Ignored, delivery_id: str, event_name: str) -> Response:
+    def ignore(
+        ctx: _Delivery,
+        reason: str,
+        *,
+        repository: str | None,
+        sha: str | None = None,
+        outcome: str = "ignored",
+    ) -> Response:
+        """Answer 200 and remember the delivery and why it was not built, for the operator page.
+
+        Only verified deliveries get here, so nobody without the secret can fill the store. The
+        record is a courtesy: if the store cannot take it, the answer is the same.
+        """
+        if ctx.delivery is not None:
+            try:
+                services.store.add_ignored(
+                    ctx.delivery, ctx.provider, ctx.event, reason, repository=repository, sha=sha
+                )
+            except BridgeError as exc:
+                log.warning(
+                    "could not record an ignored delivery",
+                    extra={"delivery": ctx.delivery, "event": ctx.event, "error": exc.message},
+                )
+        body = {"pong": True} if outcome == "pong" else {"ignored": reason}
+        return answer(ctx, 200, body, outcome)
+
+    def accept(
+        ctx: _Delivery,
+        result: SourceEvent | Ignored,
+        delivery_id: str,
+        event_name: str,
+        repository: str | None,
+    ) -> Response:
         if isinstance(result, Ignored):
-            return answer(ctx, 200, {"ignored": result.reason}, "ignored")
+            return ignore(ctx, result.reason, repository=repository)
         if result.kind == "rerun":
-            result = rerun_of(result)
+            rerun = result
+            result = rerun_of(rerun)
             if isinstance(result, Ignored):
-                return answer(ctx, 200, {"ignored": result.reason}, "ignored")
+                return ignore(ctx, result.reason, repository=rerun.repository, sha=rerun.sha)
         provider = config.github if result.provider == "github" else config.gitlab
         foreign = routing.foreign_host(result, provider.allowed_hosts if provider is not None else ())
         if foreign is not None:
             log.warning("delivery names a repository host not configured", extra={"reason": foreign.reason})
-            return answer(ctx, 200, {"ignored": foreign.reason}, "ignored")
+            return ignore(ctx, foreign.reason, repository=result.repository, sha=result.sha)
         matched: Route | Ignored = routing.match_route(result, config.routes)
         if isinstance(matched, Ignored):
-            return answer(ctx, 200, {"ignored": matched.reason}, "ignored")
+            return ignore(ctx, matched.reason, repository=result.repository, sha=result.sha)
         ctx.route = matched.name
         ctx.fields.update(repository=result.repository, sha=result.sha)
         added = services.store.add_delivery(delivery_id, result.provider, event_name, matched.name, result)
@@ -263,11 +296,11 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
             ctx.event = _required_header(ctx.environ, "X-GitHub-Event", "GitHub")
             ctx.delivery = _required_header(ctx.environ, "X-GitHub-Delivery", "GitHub")
             if ctx.event == "ping":
-                return answer(ctx, 200, {"pong": True}, "pong")
+                return ignore(ctx, "ping: GitHub checks the webhook", repository=None, outcome="pong")
             _require_json_content_type(ctx.environ, "set the webhook's Content type to application/json")
             payload = _json_object(body)
             result = events.from_github(ctx.event, payload, api_url=settings.api_url)
-            return accept(ctx, result, ctx.delivery, ctx.event)
+            return accept(ctx, result, ctx.delivery, ctx.event, _named(payload, "repository", "full_name"))
 
         return guarded(ctx, handle)
 
@@ -311,7 +344,8 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
                     "GitLab payload not understood", extra={"delivery": ctx.delivery, "error": exc.message}
                 )
                 result = Ignored(f"payload not understood: {exc.message}")
-            return accept(ctx, result, ctx.delivery, ctx.event)
+            repository = _named(payload, "project", "path_with_namespace")
+            return accept(ctx, result, ctx.delivery, ctx.event, repository)
 
         return guarded(ctx, handle)
 
@@ -531,6 +565,13 @@ def _json_object(body: bytes) -> dict[str, Any]:
             hint="send the payload as a JSON object",
         )
     return payload
+
+
+def _named(payload: Mapping[str, Any], section: str, key: str) -> str | None:
+    """The repository a payload names (`repository.full_name`, `project.path_with_namespace`), if any."""
+    value = payload.get(section)
+    name = value.get(key) if isinstance(value, Mapping) else None
+    return name[:300] if isinstance(name, str) and name else None
 
 
 # The headers naming a delivery and its event, by provider, in the order gitlab_delivery_id prefers.

@@ -29,6 +29,7 @@ dead replica loses when it expires. See bridge/queue.py and bridge/store_dynamod
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -41,8 +42,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from bridge.builders.base import Builder
+from bridge.core.activity import status_record
 from bridge.errors import BridgeError, BuilderError, CredentialsError, SecretError
-from bridge.model import BuildRecord, BuildStatus, SourceEvent
+from bridge.model import BuildRecord, BuildRequest, BuildStatus, SourceEvent
 from bridge.pace import Pacer
 from bridge.plan import plan_build
 from bridge.poll import Backoff
@@ -426,7 +428,11 @@ class Worker:
         # leased to this worker until its first status is posted, so no other replica posts one too.
         leased_at = services.monotonic()  # taken before the lease starts: its age is never understated
         recorded = services.store.mark_started(
-            delivery_id, build_id, lease_owner=self._owner, lease_seconds=self._lease_seconds
+            delivery_id,
+            build_id,
+            lease_owner=self._owner,
+            lease_seconds=self._lease_seconds,
+            request_json=_request_json(request),
         )
         self._queue.done(job)
         if recorded is False:
@@ -677,6 +683,7 @@ class Worker:
             last_reported_state=state_key(status),
             reporter_ref=reporter_ref,
             done=status.done or None,
+            status_json=status_record(status),
         )
         self._written[build_id] = services.monotonic()
         self._reported_at[build_id] = services.monotonic()
@@ -734,6 +741,11 @@ class Worker:
         if not record["id"]:
             return False
         return self.apply_record(record)
+
+
+def _request_json(request: BuildRequest) -> str:
+    """The StartBuild request as sent, for the operator page (it holds references, never secrets)."""
+    return json.dumps(dict(request.start_build_kwargs), sort_keys=True, default=str)
 
 
 def _post(reporter: StatusReporter, reporter_ref: str | None, status: BuildStatus) -> str | None:

@@ -63,8 +63,19 @@ class App:
         )
 
     def persisted(self) -> int:
+        """Deliveries stored to build (ignored ones are stored too, but only to say why)."""
         counts = self.services.store.counts()
-        return sum(value for key, value in counts.items() if key.startswith("deliveries_"))
+        return sum(
+            value
+            for key, value in counts.items()
+            if key.startswith("deliveries_") and key != "deliveries_ignored"
+        )
+
+    def ignored(self) -> list[str]:
+        """The reasons of the ignored deliveries the store recorded, newest first."""
+        return [
+            row.last_error or "" for row in self.services.store.recent_deliveries() if row.state == "ignored"
+        ]
 
     def builds_started(self) -> int:
         self.worker.drain_pending()
@@ -385,6 +396,12 @@ def test_http_contract(app: App, case: Case) -> None:
         assert set(body) == {"error", "hint"}
         assert body["hint"]
     assert app.persisted() == case.persisted
+    # A verified delivery that builds nothing is recorded with its reason (the operator page lists
+    # it); anything refused (4xx/5xx) is not: only a sender holding the secret can add a row.
+    if case.status == 200 and (case.body == "ignored" or case.body == {"pong": True}):
+        assert app.ignored() == [body.get("ignored", "ping: GitHub checks the webhook")]
+    else:
+        assert app.ignored() == []
     assert app.builds_started() == case.builds
 
 
@@ -595,6 +612,34 @@ def test_unreadable_secret_is_503_not_401(app: App) -> None:
     assert "GITHUB_WEBHOOK_SECRET" in response.get_json()["error"]
     assert GITHUB_SECRET not in response.get_data(as_text=True)
     assert app.persisted() == 0
+
+
+def test_a_delivery_refused_before_verification_is_logged_with_its_id_and_event(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 22: a delivery whose secret could not be read (503) or whose signature is wrong (401)
+    logged "delivery": null, "event": null although the sender named both."""
+    caplog.set_level("INFO", logger="bridge.app")
+    del app.environ["GITHUB_WEBHOOK_SECRET"]
+    del app.environ["GITLAB_WEBHOOK_TOKEN"]
+    assert app.send(github_delivery("push", PUSH, delivery_id="gh-unreadable")).status_code == 503
+    gitlab = gitlab_delivery(gitlab_payload("push"), event_uuid="gl-unreadable")
+    assert app.send(gitlab).status_code == 503
+    app.environ["GITHUB_WEBHOOK_SECRET"] = GITHUB_SECRET
+    assert (
+        app.send(github_delivery("pull_request", PUSH, secret="forged", delivery_id="gh-forged")).status_code
+        == 401
+    )
+
+    lines = [vars(r) for r in caplog.records if r.name == "bridge.app" and r.getMessage() == "delivery"]
+    assert [(line["delivery"], line["event"], line["status"]) for line in lines] == [
+        ("gh-unreadable", "push", 503),
+        ("gl-unreadable", "Push Hook", 503),
+        ("gh-forged", "pull_request", 401),
+    ]
+    # The metrics count only verified event names: a forger cannot invent label values.
+    text = app.client.get("/metrics").get_data(as_text=True)
+    assert 'event="pull_request"' not in text
 
 
 # -- SNS ---------------------------------------------------------------------------------------------
