@@ -28,7 +28,7 @@ from typing import Any, Final, Protocol, TypeVar
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from bridge import events, jsonfast, routing, verify
+from bridge import events, jsonfast, operator_page, routing, verify
 from bridge.config import Config, Route
 from bridge.errors import (
     BadRequestError,
@@ -153,8 +153,14 @@ class _SecretRefresher:
             return True
 
 
-def create_app(config: Config, services: Services, *, worker: BackgroundWorker | None = None) -> Flask:
-    """The WSGI app. The worker is created here unless given (not started): `bridge.server` starts it."""
+def create_app(
+    config: Config, services: Services, *, worker: BackgroundWorker | None = None, loopback_bind: bool = False
+) -> Flask:
+    """The WSGI app. The worker is created here unless given (not started): `bridge.server` starts it.
+
+    `loopback_bind`: the server listens on a loopback address only, which is what lets the operator
+    page be served without a token by default (bridge.operator_page).
+    """
     app = Flask("bridge")
     # One byte over the limit: werkzeug truncates a body of unknown length (chunked) at this cap
     # instead of failing, so reading limit + 1 bytes is how an oversized one is told apart.
@@ -296,7 +302,7 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
             ctx.event = _required_header(ctx.environ, "X-GitHub-Event", "GitHub")
             ctx.delivery = _required_header(ctx.environ, "X-GitHub-Delivery", "GitHub")
             if ctx.event == "ping":
-                return ignore(ctx, "ping: GitHub checks the webhook", repository=None, outcome="pong")
+                return ignore(ctx, "ping: the webhook is set up; nothing to build", repository=None, outcome="pong")
             _require_json_content_type(ctx.environ, "set the webhook's Content type to application/json")
             payload = _json_object(body)
             result = events.from_github(ctx.event, payload, api_url=settings.api_url)
@@ -427,6 +433,19 @@ def create_app(config: Config, services: Services, *, worker: BackgroundWorker |
     def metrics() -> Response:
         body, content_type = services.metrics.render()
         return Response(body, status=200, content_type=content_type)
+
+    token_ref = config.server.operator_token
+    operator_page.register(
+        app,
+        config,
+        services.store,
+        reveal_token=(
+            (lambda: services.secrets.get(token_ref, key="server.operator_token").reveal())
+            if token_ref is not None
+            else None
+        ),
+        loopback_bind=loopback_bind,
+    )
 
     # -- errors outside the webhook handlers (405, 404, oversized bodies rejected by werkzeug) ----
 

@@ -138,7 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
     from bridge import server
 
     def app_factory() -> Any:
-        return server.served_app(config)
+        return server.served_app(config, host=args.host)
 
     threads = args.threads if args.threads is not None else config.server.threads
     server.run(app_factory, host=args.host, port=args.port, threads=threads)

@@ -70,6 +70,8 @@ class ServerSettings:
     state_path: Path = field(default_factory=default_state_path)
     threads: int = 8
     max_build_starts_per_second: int = 10
+    operator_page: str = "auto"  # auto: only on a loopback bind; on; off (see docs/operator.md)
+    operator_token: SecretRef | None = None
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,23 @@ _SERVER_KEYS = (
         default=10,
         minimum=1,
         maximum=1000,
+    ),
+    _Key(
+        "operator_page",
+        "string",
+        "The operator page at / (recent deliveries, builds, commit statuses; docs/operator.md). auto:"
+        " served only when the server binds a loopback address, to local clients; on: served to anyone"
+        " who reaches the server (opt-in for a public bind); off: never. With operator_token set, it is"
+        " served on any bind to whoever gives the token.",
+        default="auto",
+        choices=("auto", "on", "off"),
+    ),
+    _Key(
+        "operator_token",
+        "secret",
+        "Password for the operator page (HTTP basic auth, any user name): the page is then served on"
+        " any bind, to whoever gives it.",
+        default_doc="(none)",
     ),
 )
 
@@ -993,6 +1012,8 @@ class _Reader:
             state_path=state_path if state_path.is_absolute() else base_dir / state_path,
             threads=values["threads"],
             max_build_starts_per_second=values["max_build_starts_per_second"],
+            operator_page=values["operator_page"],
+            operator_token=values["operator_token"],
         )
 
     def aws(self, raw: object) -> AwsSettings:

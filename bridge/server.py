@@ -28,6 +28,7 @@ from bridge.app import WORKER_KEY, create_app
 from bridge.config import Config
 from bridge.errors import InputError
 from bridge.logs import LOGGED_BY_APP, current_formatter
+from bridge.operator_page import is_loopback
 from bridge.services import build_services
 from bridge.worker import Worker
 from bridge.worker_process import WorkerProcess
@@ -64,13 +65,17 @@ class LineLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no typ
         )
 
 
-def served_app(config: Config) -> Flask:
-    """The app `bridge serve` runs: its worker in a process of its own, with its own collaborators."""
+def served_app(config: Config, *, host: str | None = None) -> Flask:
+    """The app `bridge serve` runs: its worker in a process of its own, with its own collaborators.
+
+    `host`: the address the server binds (a loopback one serves the operator page by default).
+    """
     services = build_services(config)
     worker = WorkerProcess(
         lambda: Worker(build_services(config)), Worker(services), stop_timeout=GRACEFUL_TIMEOUT_SECONDS
     )
-    return create_app(config, services, worker=worker)
+    loopback = host is not None and is_loopback(host)
+    return create_app(config, services, worker=worker, loopback_bind=loopback)
 
 
 def _start_worker(gunicorn_worker: Any) -> None:
