@@ -302,7 +302,9 @@ def create_app(
             ctx.event = _required_header(ctx.environ, "X-GitHub-Event", "GitHub")
             ctx.delivery = _required_header(ctx.environ, "X-GitHub-Delivery", "GitHub")
             if ctx.event == "ping":
-                return ignore(ctx, "ping: the webhook is set up; nothing to build", repository=None, outcome="pong")
+                return ignore(
+                    ctx, "ping: the webhook is set up; nothing to build", repository=None, outcome="pong"
+                )
             _require_json_content_type(ctx.environ, "set the webhook's Content type to application/json")
             payload = _json_object(body)
             result = events.from_github(ctx.event, payload, api_url=settings.api_url)
