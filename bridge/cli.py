@@ -221,6 +221,17 @@ def _check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+# -- demo -----------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    from bridge import demo
+
+    return demo.run(
+        state_dir=args.state_dir or demo.default_demo_dir(), port=args.port, builder=args.builder, out=out
+    )
+
+
 # -- entry point ----------------------------------------------------------------------------------
 
 
@@ -335,6 +346,31 @@ def build_parser(prog: str = "bridge") -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a routing file")
     check.add_argument("file", help="the routing file to check")
+
+    demo = commands.add_parser(
+        "demo",
+        help="try it: a server on 127.0.0.1, signed sample deliveries, the operator page (no AWS)",
+        description="Start the bridge with a generated config (secrets as env: references, printed once),"
+        " send it signed GitHub and GitLab sample deliveries, build them with the local builder when"
+        " buildah, podman or docker is installed (or record the StartBuild requests CodeBuild would get),"
+        " and show the result on the operator page. Runs until Ctrl-C or SIGTERM. See docs/demo.md.",
+    )
+    demo.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default: {DEFAULT_PORT})"
+    )
+    demo.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the demo keeps its config, store, recorded requests and log"
+        " (default: $XDG_STATE_HOME/bridge/demo, i.e. ~/.local/state/bridge/demo)",
+    )
+    demo.add_argument(
+        "--builder",
+        choices=("auto", "record"),
+        default="auto",
+        help="record: record the StartBuild requests CodeBuild would get and run nothing; auto (default):"
+        " the same for now (building with the local builder is to come)",
+    )
     return parser
 
 
@@ -348,6 +384,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             return _serve(args)
         if args.command == "plan":
             return _plan(args, out, err)
+        if args.command == "demo":
+            return _demo(args, out)
         return _check_config(args, out, err)
     except BridgeError as exc:
         print(f"error: {exc.message}", file=err)

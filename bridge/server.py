@@ -29,7 +29,7 @@ from bridge.config import Config
 from bridge.errors import InputError
 from bridge.logs import LOGGED_BY_APP, current_formatter
 from bridge.operator_page import is_loopback
-from bridge.services import build_services
+from bridge.services import Services, build_services
 from bridge.worker import Worker
 from bridge.worker_process import WorkerProcess
 
@@ -65,14 +65,17 @@ class LineLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no typ
         )
 
 
-def served_app(config: Config, *, host: str | None = None) -> Flask:
+def served_app(
+    config: Config, *, host: str | None = None, make_services: Callable[[Config], Services] = build_services
+) -> Flask:
     """The app `bridge serve` runs: its worker in a process of its own, with its own collaborators.
 
     `host`: the address the server binds (a loopback one serves the operator page by default).
+    `make_services`: how each process makes its collaborators (`bridge demo` passes stand-ins).
     """
-    services = build_services(config)
+    services = make_services(config)
     worker = WorkerProcess(
-        lambda: Worker(build_services(config)), Worker(services), stop_timeout=GRACEFUL_TIMEOUT_SECONDS
+        lambda: Worker(make_services(config)), Worker(services), stop_timeout=GRACEFUL_TIMEOUT_SECONDS
     )
     loopback = host is not None and is_loopback(host)
     return create_app(config, services, worker=worker, loopback_bind=loopback)

@@ -434,8 +434,19 @@ def shared_state(config: Config) -> tuple[StateStore, DeliveryQueue | None]:
     return store, queue
 
 
-def build_services(config: Config, *, store: StateStore | None = None) -> Services:
-    """The real collaborators. Nothing here opens a network connection."""
+def build_services(
+    config: Config,
+    *,
+    store: StateStore | None = None,
+    builder: Builder | None = None,
+    builders: Mapping[str, Builder] | None = None,
+    reporters: ReporterFactory | None = None,
+) -> Services:
+    """The real collaborators. Nothing here opens a network connection.
+
+    `builder`, `builders`, `reporters`: stand-ins for CodeBuild, the routes' other builders and the
+    GitHub/GitLab reporters (`bridge demo` runs with no AWS account and no provider API).
+    """
     secrets = SecretStore(secretsmanager_factory(config.aws.region))
     queue: DeliveryQueue | None = None
     if store is None:
@@ -444,12 +455,12 @@ def build_services(config: Config, *, store: StateStore | None = None) -> Servic
         config=config,
         store=store,
         secrets=secrets,
-        builder=LazyCodeBuild(config.aws.region),
-        reporters=ProviderReporters(config, secrets),
+        builder=builder if builder is not None else LazyCodeBuild(config.aws.region),
+        reporters=reporters if reporters is not None else ProviderReporters(config, secrets),
         region=default_region(config),
         fetch_certificate=CertificateCache(fetch_sns_certificate),
         confirm_subscription=confirm_sns_subscription,
-        builders=route_builders(config),
+        builders=builders if builders is not None else route_builders(config),
         queue=queue,
     )
     services.metrics.watch_store(services.store.counts)
