@@ -221,6 +221,84 @@ def _check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+# -- status -----------------------------------------------------------------------------------------
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """What became of a delivery (by id) or of a commit's deliveries (by SHA or its start)."""
+    from bridge.operator_page import delivery_detail, delivery_lines, detail_lines, overview
+    from bridge.services import shared_state
+
+    config = _serve_config(args.config)
+    if config.store.backend != "dynamodb" and not config.server.state_path.exists():
+        raise ConfigError(
+            f"no state file at {config.server.state_path}: this server has recorded nothing yet",
+            key="server.state_path",
+            hint="pass the --config the server runs with (bridge demo prints its own)",
+        )
+    store, _queue = shared_state(config)
+    try:
+        target = args.target.strip()
+        detail = delivery_detail(store, target)
+        if detail is not None:
+            if args.json:
+                json.dump(_status_json([detail.view], detail), out, indent=2, sort_keys=True, default=str)
+                out.write("\n")
+            else:
+                print("\n".join(detail_lines(detail)), file=out)
+            return 0
+        views = overview(store, sha=target, limit=args.limit).deliveries if _looks_like_sha(target) else []
+        if not views:
+            print(f"nothing is recorded under {target!r}: neither a delivery id nor a commit", file=err)
+            print("hint: give a delivery id or a commit SHA (its first 7 characters are enough)", file=err)
+            return 1
+        if args.json:
+            json.dump(_status_json(views, None), out, indent=2, sort_keys=True, default=str)
+            out.write("\n")
+        else:
+            print("\n\n".join("\n".join(delivery_lines(view)) for view in views), file=out)
+        return 0
+    finally:
+        store.close()
+
+
+def _looks_like_sha(text: str) -> bool:
+    return 4 <= len(text) <= 64 and set(text) <= _HEX
+
+
+def _status_json(views: Sequence[Any], detail: Any) -> dict[str, Any]:
+    """The same facts as the text, as JSON (`--json`): for scripts."""
+    listed = []
+    for view in views:
+        row = view.row
+        listed.append(
+            {
+                "delivery": row.delivery_id,
+                "provider": row.provider,
+                "event": row.event_name,
+                "repository": row.repository,
+                "sha": row.sha,
+                "received": view.received,
+                "outcome": view.outcome,
+                "reason": view.reason or None,
+                "route": row.route_name or None,
+                "build": view.build.build_id if view.build is not None else None,
+                "build_status": view.build_state or None,
+                "phase": view.phase or None,
+                "duration": view.duration or None,
+                "link": view.link or None,
+                "commit_status": view.commit_status or None,
+            }
+        )
+    result: dict[str, Any] = {"deliveries": listed}
+    if detail is not None:
+        result["start_build_request"] = detail.request
+        result["grant"] = detail.grant
+    return result
+
+
 # -- demo -----------------------------------------------------------------------------------------
 
 
@@ -262,6 +340,15 @@ SERVE_ENVIRONMENT: Final = (
 )
 PLAN_ENVIRONMENT: Final = (
     (CONFIG_ENV, f"the routing file's path when --config is not given (default ./{DEFAULT_CONFIG})"),
+)
+STATUS_ENVIRONMENT: Final = (
+    (CONFIG_TEXT_ENV, "the whole routing file as text; wins over $BRIDGE_CONFIG, not over --config"),
+    (CONFIG_ENV, f"the routing file's path when --config is not given (default ./{DEFAULT_CONFIG})"),
+    (
+        "XDG_STATE_HOME",
+        "the default state file is $XDG_STATE_HOME/bridge/bridge.sqlite3 (~/.local/state/...)",
+    ),
+    ("AWS_REGION, AWS_PROFILE, ...", "for a DynamoDB store: its region and credentials (botocore's chain)"),
 )
 PLAN_EXIT_STATUS: Final = (
     "exit status: 0 a build would start (the StartBuild request on stdout), 3 the event is ignored"
@@ -347,6 +434,24 @@ def build_parser(prog: str = "bridge") -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a routing file")
     check.add_argument("file", help="the routing file to check")
 
+    status = commands.add_parser(
+        "status",
+        help="what became of a delivery or a commit: outcome, reason, build, commit status",
+        description="Print what the operator page shows for one delivery (by id: with its StartBuild request)"
+        " or for a commit's deliveries (by SHA, or its first characters), from the store the config names.",
+        epilog="exit status: 0 found, 1 nothing recorded under that name, 2 bad config\n\n"
+        + _environment_help(STATUS_ENVIRONMENT),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument(
+        "target", metavar="SHA|DELIVERY-ID", help="a delivery id, or a commit SHA or its start"
+    )
+    status.add_argument("--config", help=f"routing file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    status.add_argument(
+        "--limit", type=_positive, default=20, help="at most this many deliveries of a commit (default: 20)"
+    )
+
     demo = commands.add_parser(
         "demo",
         help="try it: a server on 127.0.0.1, signed sample deliveries, the operator page (no AWS)",
@@ -386,6 +491,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             return _plan(args, out, err)
         if args.command == "demo":
             return _demo(args, out)
+        if args.command == "status":
+            return _status(args, out, err)
         return _check_config(args, out, err)
     except BridgeError as exc:
         print(f"error: {exc.message}", file=err)

@@ -301,3 +301,45 @@ def _html(body: str, status: int = 200) -> Response:
 def _not_served(why: str) -> Response:
     body = json.dumps({"error": "Not Found", "hint": why})
     return Response(body, status=404, content_type="application/json")
+
+
+# -- the same, as text (`bridge status`) -----------------------------------------------------------------
+
+
+def delivery_lines(view: DeliveryView) -> list[str]:
+    """One delivery as `bridge status` prints it: what the page's rows say, one fact a line."""
+    row = view.row
+    head = f"delivery {row.delivery_id}  {row.provider} {row.event_name}"
+    if row.repository:
+        head += f"  {row.repository}"
+    if row.sha:
+        head += f"  {row.sha}"
+    lines = [head, f"  received  {view.received}", f"  outcome   {view.outcome}"]
+    if view.reason:
+        lines.append(f"  reason    {view.reason}")
+    if row.route_name:
+        lines.append(f"  route     {row.route_name}")
+    if view.build is not None:
+        build = f"  build     {view.build.build_id}  {view.build_state}"
+        if view.phase:
+            build += f" ({view.phase})"
+        if view.duration:
+            build += f"  {view.duration}"
+        lines.append(build)
+        if view.link:
+            lines.append(f"  link      {view.link}")
+        lines.append(f"  commit    {view.commit_status}")
+    return lines
+
+
+def detail_lines(detail: DeliveryDetail) -> list[str]:
+    lines = delivery_lines(detail.view)
+    if detail.grant is not None:
+        lines.append("  grant")
+        lines.extend(
+            "    " + line for line in json.dumps(detail.grant, indent=2, sort_keys=True).splitlines()
+        )
+    if detail.request is not None:
+        lines.append("  StartBuild request (credentials masked)")
+        lines.extend("    " + line for line in detail.request_text.splitlines())
+    return lines
