@@ -142,6 +142,12 @@ class DeliveryDetail:
     grant: dict[str, Any] | None  # what the build was granted and what was dropped, when known
 
     @property
+    def grant_lines(self) -> list[str]:
+        """The grant as a person reads it (`describe` of bridge.core.trust.Grant), when recorded so."""
+        lines = self.grant.get("describe") if self.grant is not None else None
+        return [str(line) for line in lines] if isinstance(lines, list) else []
+
+    @property
     def request_text(self) -> str:
         return json.dumps(self.request, indent=2, sort_keys=True) if self.request is not None else ""
 
@@ -186,16 +192,23 @@ def delivery_detail(
     if row is None:
         return None
     (view,) = _views(store, [row], clock())
-    request_data: dict[str, Any] | None = None
-    if row.request_json:
-        try:
-            loaded = json.loads(row.request_json)
-        except ValueError:
-            loaded = None
-        request_data = mask_request(loaded) if isinstance(loaded, dict) else None
+    loaded = _json_object(row.request_json)
+    request_data = mask_request(loaded) if loaded is not None else None
     event = dict(vars(row.event)) if row.event is not None else None
-    grant = grant_of(row) if grant_of is not None else None
+    grant = _json_object(row.grant_json)
+    if grant is None and grant_of is not None:
+        grant = grant_of(row)
     return DeliveryDetail(view, event, request_data, grant)
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        loaded = json.loads(text)
+    except ValueError:
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 # -- who may see it ------------------------------------------------------------------------------------
@@ -336,9 +349,8 @@ def detail_lines(detail: DeliveryDetail) -> list[str]:
     lines = delivery_lines(detail.view)
     if detail.grant is not None:
         lines.append("  grant")
-        lines.extend(
-            "    " + line for line in json.dumps(detail.grant, indent=2, sort_keys=True).splitlines()
-        )
+        shown = detail.grant_lines or json.dumps(detail.grant, indent=2, sort_keys=True).splitlines()
+        lines.extend("    " + line for line in shown)
     if detail.request is not None:
         lines.append("  StartBuild request (credentials masked)")
         lines.extend("    " + line for line in detail.request_text.splitlines())

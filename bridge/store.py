@@ -63,6 +63,7 @@ _ADDED_COLUMNS: Final = (
     ("deliveries", "repository", "TEXT"),
     ("deliveries", "sha", "TEXT"),
     ("deliveries", "request_json", "TEXT"),
+    ("deliveries", "grant_json", "TEXT"),
     ("builds", "status_json", "TEXT"),
     ("builds", "created_at", "REAL"),
 )
@@ -81,7 +82,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     build_id TEXT,
     repository TEXT,
     sha TEXT,
-    request_json TEXT
+    request_json TEXT,
+    grant_json TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received_at);
@@ -121,7 +123,7 @@ _BUILD_COLUMNS: Final = (
 )
 _DELIVERY_COLUMNS: Final = (
     "delivery_id, provider, event_name, received_at, route_name, event_json, state, attempts,"
-    " next_attempt_at, last_error, build_id, repository, sha, request_json"
+    " next_attempt_at, last_error, build_id, repository, sha, request_json, grant_json"
 )
 _SELECT_BUILDS: Final = f"SELECT {_BUILD_COLUMNS} FROM builds"  # noqa: S608  (constants only)
 
@@ -162,6 +164,7 @@ class DeliveryRow:
     repository: str | None = None  # also for ignored deliveries, when the payload named one
     sha: str | None = None
     request_json: str | None = None  # the StartBuild request it made (JSON), once started
+    grant_json: str | None = None  # what its build was granted and what was dropped (JSON), once started
 
     @property
     def outcome(self) -> str:
@@ -279,6 +282,7 @@ class StateStore(Protocol):
         lease_owner: str | None = None,
         lease_seconds: float = 60,
         request_json: str | None = None,
+        grant_json: str | None = None,
     ) -> bool:
         """True when this call recorded the build (False: it was already recorded, report nothing)."""
         ...
@@ -699,6 +703,7 @@ class SqliteStore:
         lease_owner: str | None = None,
         lease_seconds: float = 60,
         request_json: str | None = None,
+        grant_json: str | None = None,
     ) -> bool:
         """The delivery is done and its build is tracked: both, or (on any error) neither.
 
@@ -717,8 +722,9 @@ class SqliteStore:
                 )
             conn.execute(
                 "UPDATE deliveries SET state = 'started', build_id = ?, last_error = NULL,"
-                " request_json = COALESCE(?, request_json) WHERE delivery_id = ?",
-                (build_id, request_json, delivery_id),
+                " request_json = COALESCE(?, request_json), grant_json = COALESCE(?, grant_json)"
+                " WHERE delivery_id = ?",
+                (build_id, request_json, grant_json, delivery_id),
             )
             cursor = conn.execute(
                 "INSERT INTO builds (build_id, delivery_id, provider, route_name, event_json, reporter_ref,"
@@ -804,6 +810,7 @@ class SqliteStore:
             repository=row[11] or (event.repository if event is not None else None),
             sha=row[12] or (event.sha if event is not None else None),
             request_json=row[13],
+            grant_json=row[14],
         )
 
     # --- builds ---------------------------------------------------------------------------------

@@ -349,6 +349,7 @@ class DynamoStore:
         lease_owner: str | None = None,
         lease_seconds: float = 60,
         request_json: str | None = None,
+        grant_json: str | None = None,
     ) -> bool:
         """One transaction: the delivery turns started, its build row appears (leased to `lease_owner`,
         so nobody else reports on it before its starter posted the first status).
@@ -384,6 +385,8 @@ class DynamoStore:
         started: dict[str, Any] = {":started": _s("started"), ":build": _s(build_id)}
         if request_json is not None:
             started[":request"] = _s(request_json)
+        if grant_json is not None:
+            started[":grant"] = _s(grant_json)
         with self._guard("recording a started build"):
             try:
                 self._client.transact_write_items(
@@ -395,6 +398,7 @@ class DynamoStore:
                                 "ConditionExpression": "attribute_exists(pk) AND #state <> :started",
                                 "UpdateExpression": "SET #state = :started, build_id = :build"
                                 + (", request_json = :request" if request_json is not None else "")
+                                + (", grant_json = :grant" if grant_json is not None else "")
                                 + " REMOVE last_error",
                                 "ExpressionAttributeNames": {"#state": "state"},
                                 "ExpressionAttributeValues": started,
@@ -464,6 +468,7 @@ class DynamoStore:
             repository=_str(item, "repository"),
             sha=_str(item, "sha"),
             request_json=_str(item, "request_json"),
+            grant_json=_str(item, "grant_json"),
         )
 
     def recent_deliveries(

@@ -36,13 +36,24 @@ REQUEST = {
     ],
 }
 
+GRANT = {
+    "describe": [
+        "secret and parameter-store variables: passed",
+        "push: no",
+        "dropped: the route's cache (a fork)",
+    ],
+    "secrets": True,
+}
+
 
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     state = tmp_path / "state.sqlite3"
     store = Store(state)
     store.add_delivery("d-push", "github", "push", "hello", EVENT)
-    store.mark_started("d-push", "hello-build:b-1", request_json=json.dumps(REQUEST))
+    store.mark_started(
+        "d-push", "hello-build:b-1", request_json=json.dumps(REQUEST), grant_json=json.dumps(GRANT)
+    )
     status = BuildStatus(
         build_id="hello-build:b-1",
         build_number=7,
@@ -102,6 +113,7 @@ def test_status_of_a_delivery_shows_its_request_with_credentials_masked(
     assert "plain-in-an-old-config" not in out
     assert '"value": "***"' in out
     assert '"value": "ci/npm"' in out  # a reference is a name, shown as is
+    assert "  grant\n    secret and parameter-store variables: passed\n    push: no\n    dropped: " in out
 
     assert main(["status", "--config", str(config_file), "--json", "d-issue"]) == 0
     answer = json.loads(capsys.readouterr().out)

@@ -381,16 +381,22 @@ def test_a_build_keeps_its_request_its_start_and_the_status_its_commit_got(
 ) -> None:
     add(any_store, "d-1")
     started_at = clock.now
-    assert any_store.mark_started("d-1", "proj:b1", request_json='{"projectName": "proj"}') is True
+    assert (
+        any_store.mark_started(
+            "d-1", "proj:b1", request_json='{"projectName": "proj"}', grant_json='{"secrets": true}'
+        )
+        is True
+    )
     clock.now += 30
     any_store.update_build("proj:b1", last_build_status="SUCCEEDED", status_json='{"state": "completed"}')
 
     delivery = any_store.get_delivery("d-1")
     assert delivery is not None
-    assert (delivery.outcome, delivery.build_id, delivery.request_json) == (
+    assert (delivery.outcome, delivery.build_id, delivery.request_json, delivery.grant_json) == (
         "started",
         "proj:b1",
         '{"projectName": "proj"}',
+        '{"secrets": true}',
     )
     builds = any_store.get_builds(["proj:b1", "proj:nope"])
     assert list(builds) == ["proj:b1"]
