@@ -471,10 +471,10 @@ def build_parser(prog: str = "bridge") -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--builder",
-        choices=("auto", "record"),
+        choices=("auto", "local", "record"),
         default="auto",
-        help="record: record the StartBuild requests CodeBuild would get and run nothing; auto (default):"
-        " the same for now (building with the local builder is to come)",
+        help="local: build with buildah, podman or docker; record: record the StartBuild requests CodeBuild"
+        " would get and run nothing; auto (default): local when one of those tools is installed, else record",
     )
     return parser
 

@@ -7,11 +7,13 @@ made from published example payloads shipped with the package (GitHub push, pull
 event that builds nothing; GitLab push and merge request), waits until each is built or recorded,
 prints what happened and the operator page's URL, and serves until Ctrl-C or SIGTERM.
 
-Builds: a CodeBuild stand-in (bridge.builders.record) records the exact StartBuild requests CodeBuild
-would get and runs nothing. (The config can also route to the local builder, `local_tool`, which the
-demo's server sets up to fetch http:// repositories: the demo's own repository, to come.) No status is
-posted to GitHub or GitLab (there is no account to post to): the status each commit would get is
-kept in the store and shown on the page.
+Builds: with buildah, podman or docker installed (`--builder auto`, the default, or `local`), the
+local builder builds a small repository the demo makes (a Dockerfile `FROM scratch`), which the demo
+serves to it over git's smart HTTP on 127.0.0.1 (`git http-backend`); the sample payloads are
+adjusted to name that repository and its commit. Otherwise (`--builder record`, or no tool found) a
+CodeBuild stand-in (bridge.builders.record) records the exact StartBuild requests CodeBuild would get
+and runs nothing. No status is posted to GitHub or GitLab (there is no account to post to): the
+status each commit would get is kept in the store and shown on the page.
 
 Everything it writes lives in its state directory ($XDG_STATE_HOME/bridge/demo by default), never
 in the current directory.
@@ -29,6 +31,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -121,8 +124,10 @@ def demo_config_text(state_dir: Path, *, local_tool: str | None) -> str:
             "max_concurrent_builds = 2\n"
         )
         if local_tool in ("buildah", "podman") and os.geteuid() == 0:
-            # As root in a container, user namespaces and overlay mounts are usually unavailable.
-            builders += 'isolation = "chroot"\nstorage_driver = "vfs"\n'
+            # As root in a container, user namespaces and overlay mounts are usually unavailable; the
+            # images go to the demo's own storage, not the host's.
+            storage = json.dumps(str(state_dir / "local" / "storage"))
+            builders += f'isolation = "chroot"\nstorage_driver = "vfs"\nstorage_root = {storage}\n'
         hosts_github = '["127.0.0.1"]'
         hosts_gitlab = '["127.0.0.1"]'
     return f"""# Written by `bridge demo`; every secret is an env: reference, set for the demo's server only.
@@ -226,11 +231,16 @@ def _prepare(state_dir: Path) -> None:
 
 def _choose_tool(choice: str) -> str | None:
     """The local builder's tool, or None to record StartBuild requests instead."""
-    if choice != "local":
+    if choice == "record":
         return None
     from bridge.builders.local import find_tool
 
-    tool, _path = find_tool("auto")
+    try:
+        tool, _path = find_tool("auto")
+    except ConfigError:
+        if choice == "local":
+            raise
+        return None
     return tool
 
 
@@ -337,6 +347,10 @@ def run(
         if not given:
             generated.append(name)
     config_path = state_dir / "bridge.toml"
+    repository: DemoRepository | None = None
+    if tool is not None:
+        repository = DemoRepository(state_dir / "git")
+        repository.start()
     config_path.write_text(demo_config_text(state_dir, local_tool=tool), encoding="utf-8")
     from bridge.config import load_config
 
@@ -378,6 +392,8 @@ def run(
         sent = []
         for sample in samples():
             payload = sample.payload()
+            if repository is not None:
+                payload = repository.adjust(payload)
             sent.append(_send(sample, json.dumps(payload).encode(), values, base))
         print(f"sent {len(sent)} signed deliveries; waiting for their builds...", file=out)
         out.flush()
@@ -409,11 +425,190 @@ def run(
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        if repository is not None:
+            repository.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         print("bridge demo stopped", file=out)
         out.flush()
     return status
+
+
+# -- the demo repository (local builds) ----------------------------------------------------------------
+
+# What the published examples name, and what the demo's repository replaces them with.
+_SAMPLE_SHAS: Final = (
+    "6113728f27ae82c7b1a177c8d03f9e96e0adf246",  # GitHub push
+    "ec26c3e57ca3a959ca5aad62de7213c562f8c821",  # GitHub pull request head
+    "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",  # GitLab push and merge request
+)
+_SAMPLE_SITES: Final = ("https://github.com", "http://example.com")
+_SAMPLE_REPOSITORIES: Final = (
+    "Codertocat/Hello-World",
+    "mike/diaspora",
+    "gitlabhq/gitlab-test",
+    "awesome_space/awesome_project",
+)
+_DOCKERFILE: Final = "FROM scratch\nCOPY hello.txt /hello.txt\n"
+_GIT_IDENTITY: Final = {
+    "GIT_AUTHOR_NAME": "bridge demo",
+    "GIT_AUTHOR_EMAIL": "demo@bridge.invalid",
+    "GIT_COMMITTER_NAME": "bridge demo",
+    "GIT_COMMITTER_EMAIL": "demo@bridge.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+}
+
+
+def _git() -> str:
+    import shutil
+
+    path = shutil.which("git")
+    if path is None:
+        raise ConfigError(
+            "the demo's local builds need git on PATH, and it was not found",
+            hint="install git, or run `bridge demo --builder record` (nothing is built then)",
+        )
+    return path
+
+
+class DemoRepository:
+    """A one-commit repository with a Dockerfile, served over git's smart HTTP on 127.0.0.1.
+
+    Every repository path the sample payloads name leads to it, so each delivery's clone URL (the
+    payload's, adjusted to this server) fetches the same commit: the local builder runs
+    `git fetch --depth 1 origin <sha>` against it exactly as against GitHub or GitLab.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sha = ""
+        self.base = ""
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        import shutil
+
+        from werkzeug.serving import make_server
+
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        work = self.root / "work"
+        work.mkdir(parents=True)
+        (work / "Dockerfile").write_text(_DOCKERFILE, encoding="utf-8")
+        (work / "hello.txt").write_text("built by bridge demo with the local builder\n", encoding="utf-8")
+        env = {**os.environ, **_GIT_IDENTITY}
+        git = _git()
+        for argv in (
+            [git, "init", "--quiet", "--initial-branch", "master"],
+            [git, "add", "Dockerfile", "hello.txt"],
+            [git, "commit", "--quiet", "-m", "bridge demo: a Dockerfile to build"],
+        ):
+            subprocess.run(argv, cwd=work, env=env, check=True, capture_output=True)  # noqa: S603
+        self.sha = subprocess.run(  # noqa: S603
+            [git, "rev-parse", "HEAD"], cwd=work, env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        first, *others = _SAMPLE_REPOSITORIES
+        served = self.root / "served"
+        bare = served / f"{first}.git"
+        bare.parent.mkdir(parents=True)
+        subprocess.run(  # noqa: S603
+            [git, "clone", "--quiet", "--bare", str(work), str(bare)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        for name in others:
+            link = served / f"{name}.git"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(bare, target_is_directory=True)
+        self._server = make_server(HOST, 0, _GitHttp(served), threaded=True, request_handler=_quiet_handler())
+        self.base = f"http://{HOST}:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="demo-git", daemon=True)
+        self._thread.start()
+
+    def adjust(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The sample, naming this server instead of GitHub's or GitLab's, this commit instead of theirs."""
+        text = json.dumps(payload)
+        for site in _SAMPLE_SITES:
+            text = text.replace(site, self.base)
+        for sha in _SAMPLE_SHAS:
+            text = text.replace(sha, self.sha)
+        adjusted = json.loads(text)
+        return adjusted if isinstance(adjusted, dict) else payload
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+def _quiet_handler() -> type[Any]:
+    from werkzeug.serving import WSGIRequestHandler
+
+    class Quiet(WSGIRequestHandler):
+        """No request log: the demo's terminal shows the demo, not every git fetch."""
+
+        def log(self, type: str, message: str, *args: Any) -> None:
+            return
+
+    return Quiet
+
+
+class _GitHttp:
+    """WSGI over `git http-backend` (CGI): fetches only, from the served directory, nothing else."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = str(environ.get("PATH_INFO") or "")
+        query = str(environ.get("QUERY_STRING") or "")
+        if "git-receive-pack" in path or "git-receive-pack" in query:
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"the demo's repository is read-only\n"]
+        length = str(environ.get("CONTENT_LENGTH") or "")
+        if length.isdigit():
+            body = environ["wsgi.input"].read(int(length))
+        elif environ.get("wsgi.input_terminated"):  # chunked: the server ends the stream for us
+            body = environ["wsgi.input"].read()
+        else:
+            body = b""  # a GET: reading would wait for a body that never comes
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "GIT_PROJECT_ROOT": str(self._root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "uploadpack.allowAnySHA1InWant",
+            "GIT_CONFIG_VALUE_0": "true",
+            "REQUEST_METHOD": str(environ.get("REQUEST_METHOD") or "GET"),
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "CONTENT_TYPE": str(environ.get("CONTENT_TYPE") or ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_ADDR": str(environ.get("REMOTE_ADDR") or ""),
+            "GIT_PROTOCOL": str(environ.get("HTTP_GIT_PROTOCOL") or ""),
+            "HTTP_CONTENT_ENCODING": str(environ.get("HTTP_CONTENT_ENCODING") or ""),
+        }
+        result = subprocess.run(  # noqa: S603
+            [_git(), "http-backend"], input=body, env=env, capture_output=True, check=False, timeout=60
+        )
+        head, _, content = result.stdout.partition(b"\r\n\r\n")
+        status = "200 OK"
+        headers: list[tuple[str, str]] = []
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = value.strip()
+            elif name and value:
+                headers.append((name.strip(), value.strip()))
+        start_response(status, headers)
+        return [content]
 
 
 # -- the child: the server with the demo's stand-ins -------------------------------------------------

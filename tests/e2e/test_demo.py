@@ -80,8 +80,9 @@ def _bridge_script() -> str:
     return str(script) if script.exists() else shutil.which("bridge") or "bridge"
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+@contextlib.contextmanager
+def running_demo(tmp_path_factory: pytest.TempPathFactory, builder: str) -> Iterator[Demo]:
+    """`bridge demo` started as a user starts it, until its ready line; stopped by PID afterwards."""
     state_dir = tmp_path_factory.mktemp("demo-state")
     cwd = tmp_path_factory.mktemp("demo-cwd")
     env = {name: value for name, value in os.environ.items() if name not in SECRET_ENV.values()}
@@ -95,7 +96,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             "--state-dir",
             str(state_dir),
             "--builder",
-            "record",
+            builder,
         ],
         cwd=cwd,
         env=env,
@@ -126,6 +127,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             pid = int(server_pid.read_text())
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # only if the demo left it behind; the last test fails then
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    with running_demo(tmp_path_factory, "record") as running:
+        yield running
 
 
 def _get(url: str) -> str:
@@ -264,3 +271,24 @@ def test_stopping_the_demo_by_pid_stops_its_server(demo: Demo) -> None:
         os.kill(server_pid, 0)
     with pytest.raises(urllib.error.URLError):  # connection refused: nothing listens there any more
         _get(demo.url + "healthz")
+
+
+def test_bridge_demo_builds_with_the_local_builder_when_a_build_tool_is_installed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """buildah is here (scripts/test installs it): the samples are built for real, from the demo's own
+    repository served over git's smart HTTP, each commit getting the local build's status."""
+    if shutil.which("buildah") is None:
+        pytest.fail("buildah is missing: apt-get install buildah (scripts/test does, as root)")
+    with running_demo(tmp_path_factory, "auto") as local:
+        text = "\n".join(local.lines)
+        assert "builds: the local builder with buildah" in text
+        built = [line for line in local.lines if "SUCCEEDED; the commit would get 'success: Build #" in line]
+        assert len(built) == 4, text
+        page = _get(local.url)
+        assert page.count("local:") >= 4  # the local builder's build ids
+        logs = list((local.state_dir / "local" / "logs").glob("*.log"))
+        assert len(logs) == 4
+        assert all("Successfully tagged localhost/bridge/" in log.read_text() for log in logs)
+        os.kill(local.process.pid, signal.SIGTERM)
+        assert local.process.wait(STOP_TIMEOUT) == 0
