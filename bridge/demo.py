@@ -202,7 +202,7 @@ def signed_request(
 
 
 class _StopRequestedError(Exception):
-    """SIGTERM or SIGHUP: stop the demo as Ctrl-C does."""
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP: stop the demo and its server."""
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
@@ -373,7 +373,9 @@ def run(
     out.flush()
 
     log_path = state_dir / "server.log"
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too, explicitly: a process started in the background of a script inherits it ignored.
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in stops}
     child: subprocess.Popen[bytes] | None = None
     status = 0
     try:

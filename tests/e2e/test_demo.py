@@ -290,5 +290,8 @@ def test_bridge_demo_builds_with_the_local_builder_when_a_build_tool_is_installe
         logs = list((local.state_dir / "local" / "logs").glob("*.log"))
         assert len(logs) == 4
         assert all("Successfully tagged localhost/bridge/" in log.read_text() for log in logs)
-        os.kill(local.process.pid, signal.SIGTERM)
+        server_pid = int((local.state_dir / "server.pid").read_text())
+        os.kill(local.process.pid, signal.SIGINT)  # Ctrl-C
         assert local.process.wait(STOP_TIMEOUT) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(server_pid, 0)
