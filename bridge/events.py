@@ -785,6 +785,7 @@ def gitlab_approval(
 ) -> ApprovalCommand | Ignored | None:
     """A Note Hook on a merge request that is the approval command, or why it approves nothing;
     None for every other event. The note's merge request is the change, at the head the approver saw."""
+    event_header = GITLAB_EVENT_HEADERS.get(event_header, event_header)  # "note" is "Note Hook"
     if event_header != "Note Hook":
         return None
     root = _Fields.root(payload, "gitlab", event_header)

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from pydantic_gitlab_webhooks import validate_event_header_and_body_dict
 
 from bridge.errors import BadRequestError, InputError
-from bridge.events import GITHUB_BUILD_ACTIONS, from_actions, from_github, from_gitlab
+from bridge.events import GITHUB_BUILD_ACTIONS, from_actions, from_github, from_gitlab, gitlab_approval
 from bridge.model import Ignored, SourceEvent
 from tests.fixtures import GITLAB_PAYLOADS, github_example, github_examples
 
@@ -719,6 +719,15 @@ def test_gitlab_note_is_the_note_hook() -> None:
 
     assert "Note Hook" in str(outcome("note"))
     assert outcome("note") == outcome("Note Hook")
+
+
+def test_gitlab_note_short_name_is_read_as_an_approval_command_too() -> None:
+    payload = gitlab_payload("note_merge_request_fork")
+    payload["object_attributes"]["note"] = "/ok-to-build"
+    by_header = gitlab_approval("Note Hook", payload, command="/ok-to-build")
+    assert by_header is not None
+    assert not isinstance(by_header, Ignored)
+    assert gitlab_approval("note", payload, command="/ok-to-build") == by_header
 
 
 def test_gitlab_reopen_builds() -> None:

@@ -266,7 +266,9 @@ def test_release_gate_accepts_the_tag_of_this_version(tmp_path: Path) -> None:
     result = _run_release_check(tmp_path, f"v{version}", "codebuild-bridge/bridge")
     assert result.returncode == 0, result.stdout + result.stderr
     outputs = dict(line.split("=", 1) for line in (tmp_path / "github_output").read_text().splitlines())
-    assert outputs == {"version": version, "major": version.split(".")[0], "prerelease": "false"}
+    major, minor = version.split(".")[:2]
+    floating = f"v{major}" if major != "0" else f"v0.{minor}"  # before 1.0 a minor may break: v0.Y
+    assert outputs == {"version": version, "major": major, "floating": floating, "prerelease": "false"}
 
 
 @pytest.mark.parametrize(
@@ -292,6 +294,8 @@ def test_release_gate_refuses_disagreeing_versions(
 def test_major_tag_moves_only_after_the_image_and_the_selftest() -> None:
     jobs = _jobs(ROOT / ".github" / "workflows" / "release.yml")
     assert set(jobs["major-tag"]["needs"]) >= {"image", "selftest"}
+    assert "major != '0'" not in jobs["major-tag"]["if"]  # 0.x releases move v0.Y: docs pin to it
+    assert jobs["major-tag"]["steps"][0]["env"]["MAJOR_TAG"] == "${{ needs.verify.outputs.floating }}"
     assert jobs["major-tag"]["permissions"] == {"contents": "write"}
     assert jobs["selftest"]["uses"] == "./.github/workflows/selftest.yml"
     assert jobs["selftest"]["with"] == {"published-image": True}
