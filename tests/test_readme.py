@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,12 +29,28 @@ def test_every_action_output_is_in_the_readme(name: str) -> None:
     assert _documented(name), f"README has no row for output {name}"
 
 
-@pytest.mark.parametrize("command", ["serve", "plan", "check-config"])
+@pytest.mark.parametrize("command", ["demo", "serve", "plan", "check-config", "status"])
 def test_every_cli_command_is_in_the_readme(command: str) -> None:
     assert f"`bridge {command}" in README
 
 
 def test_the_readme_starts_with_the_two_commands() -> None:
     blocks = README.split("```")
-    assert "bridge serve --config examples/bridge.toml" in blocks[1]
+    assert (
+        blocks[1].strip() == "sh\npython3 -m venv .venv && .venv/bin/pip install . && .venv/bin/bridge demo"
+    )
     assert blocks[3].strip() == "sh\nscripts/test"
+    assert README.index("```") > README.index("## Two commands")  # what it is comes first, then these
+
+
+def test_the_first_command_is_a_command_of_the_cli() -> None:
+    """`bridge demo` as the README runs it (here its --help: the demo itself runs until stopped)."""
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "bridge"), "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("usage: bridge demo")
