@@ -52,6 +52,14 @@ T = TypeVar("T")
 # A burst of forged signatures must not turn into a burst of Secrets Manager reads.
 SECRET_REFRESH_MIN_INTERVAL: Final = 10.0
 WORKER_KEY: Final = "bridge.worker"
+INTAKE_KEY: Final = "bridge.intake"
+# Where a POST carries a body the app reads; anything else is answered without reading one.
+BODY_PATHS: Final = frozenset({"/webhooks/github", "/webhooks/gitlab", "/events/codebuild"})
+# Answered by threads of their own (bridge.server), so a busy request pool never hides a live server.
+OPS_PATHS: Final = frozenset({"/healthz"})
+_STANDARD_HEADERS: Final = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+HeaderGetter = Callable[[str], "str | None"]
 
 
 class BackgroundWorker(Protocol):
@@ -67,6 +75,21 @@ class BackgroundWorker(Protocol):
 
     @property
     def running(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What `bridge serve` needs from the app before a request reaches it: how long a client may take
+    to send it, how many body bytes may be held at once, and which requests the headers alone refuse
+    (those are handed over without their body, which is then never read)."""
+
+    max_body_bytes: int
+    header_timeout_seconds: float
+    body_timeout_seconds: float
+    max_inflight_body_bytes: int
+    refused: Callable[[str, str, HeaderGetter], bool]  # (method, path, header) -> refused from headers
+    body_paths: frozenset[str] = BODY_PATHS
+    ops_paths: frozenset[str] = OPS_PATHS
 
 
 @dataclass
@@ -171,6 +194,44 @@ def create_app(
     max_body = config.server.max_body_bytes
 
     # -- helpers bound to this app ------------------------------------------------------------
+
+    def check_headers(path: str, header: HeaderGetter) -> None:
+        """Everything the headers alone can refuse, checked before a byte of the body is read: an
+        unsigned 25 MiB post must cost neither the time to receive it nor the memory to hold it."""
+        length = (header("Content-Length") or "").strip()
+        if length.isascii() and length.isdigit() and (len(length) > 18 or int(length) > max_body):
+            raise _too_large(max_body)
+        if path == "/webhooks/github":
+            if config.github is None:
+                raise _github_not_configured()
+            verify.check_github_signature_header(header("X-Hub-Signature-256"))
+        elif path == "/webhooks/gitlab":
+            gitlab = config.gitlab
+            if gitlab is None:
+                raise _gitlab_not_configured()
+            if gitlab.signing_tokens:
+                verify.check_standard_webhook_headers(
+                    {name: header(name) or "" for name in _STANDARD_HEADERS}, now=services.clock()
+                )
+            if gitlab.webhook_tokens or not gitlab.signing_tokens:
+                verify.check_gitlab_token_header(header("X-Gitlab-Token"))
+
+    def refused(method: str, path: str, header: HeaderGetter) -> bool:
+        if method != "POST" or path not in BODY_PATHS:
+            return True  # answered without reading a body (405, 404, or not a POST at all)
+        try:
+            check_headers(path, header)
+        except BridgeError:
+            return True
+        return False
+
+    app.extensions[INTAKE_KEY] = Intake(
+        max_body_bytes=max_body,
+        header_timeout_seconds=config.server.header_timeout_seconds,
+        body_timeout_seconds=config.server.body_timeout_seconds,
+        max_inflight_body_bytes=max(config.server.max_inflight_body_bytes, max_body),
+        refused=refused,
+    )
 
     def answer(ctx: _Delivery, status: int, body: Mapping[str, Any], outcome: str) -> Response:
         latency = services.monotonic() - ctx.started
@@ -286,13 +347,12 @@ def create_app(
         ctx = _Delivery("github", services.monotonic(), request.environ)
 
         def handle() -> Response:
-            body = _read_body(ctx.environ, max_body)
+            environ = ctx.environ
+            check_headers("/webhooks/github", lambda name: _header(environ, name))
+            body = _read_body(environ, max_body)
             settings = config.github
             if settings is None:
-                raise SignatureError(
-                    "GitHub deliveries are not configured on this server",
-                    hint="add a [github] section with webhook_secrets, or remove this webhook",
-                )
+                raise _github_not_configured()
             header = _header(ctx.environ, "X-Hub-Signature-256")
             refresher.verify(
                 "github.webhook_secrets",
@@ -317,13 +377,12 @@ def create_app(
         ctx = _Delivery("gitlab", services.monotonic(), request.environ)
 
         def handle() -> Response:
-            body = _read_body(ctx.environ, max_body)
+            environ = ctx.environ
+            check_headers("/webhooks/gitlab", lambda name: _header(environ, name))
+            body = _read_body(environ, max_body)
             settings = config.gitlab
             if settings is None:
-                raise SignatureError(
-                    "GitLab deliveries are not configured on this server",
-                    hint="add a [gitlab] section with webhook_tokens or signing_tokens, or remove the hook",
-                )
+                raise _gitlab_not_configured()
             headers = dict(request.headers.items())
             signed_id: str | None = None
             if settings.signing_tokens:
@@ -491,6 +550,20 @@ def _http_status(exc: BridgeError) -> int:
     if isinstance(exc, SecretError | CredentialsError):
         return 503  # our secret backend is unreachable or misconfigured: the sender should retry later
     return exc.http_status
+
+
+def _github_not_configured() -> SignatureError:
+    return SignatureError(
+        "GitHub deliveries are not configured on this server",
+        hint="add a [github] section with webhook_secrets, or remove this webhook",
+    )
+
+
+def _gitlab_not_configured() -> SignatureError:
+    return SignatureError(
+        "GitLab deliveries are not configured on this server",
+        hint="add a [gitlab] section with webhook_tokens or signing_tokens, or remove the hook",
+    )
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:

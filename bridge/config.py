@@ -72,6 +72,9 @@ class ServerSettings:
     max_build_starts_per_second: int = 10
     operator_page: str = "auto"  # auto: only on a loopback bind; on; off (see docs/operator.md)
     operator_token: SecretRef | None = None
+    header_timeout_seconds: int = 10
+    body_timeout_seconds: int = 30
+    max_inflight_body_bytes: int = 67_108_864
 
 
 @dataclass(frozen=True)
@@ -350,6 +353,32 @@ _SERVER_KEYS = (
         "Password for the operator page (HTTP basic auth, any user name): the page is then served on"
         " any bind, to whoever gives it.",
         default_doc="(none)",
+    ),
+    _Key(
+        "header_timeout_seconds",
+        "integer",
+        "How long a client has, from connecting, to send a request's headers; then the connection is"
+        " closed. Requests arrive without holding a request thread, so slow clients cost no capacity.",
+        default=10,
+        minimum=1,
+        maximum=300,
+    ),
+    _Key(
+        "body_timeout_seconds",
+        "integer",
+        "How long a client has, after its headers, to send the whole body; then the connection is closed.",
+        default=30,
+        minimum=1,
+        maximum=600,
+    ),
+    _Key(
+        "max_inflight_body_bytes",
+        "integer",
+        "Bytes of request bodies the server holds at once while they arrive and are verified; a body"
+        " that would exceed it waits (unread) until others finish. At least max_body_bytes is used.",
+        default=67_108_864,
+        minimum=1024,
+        maximum=1_073_741_824,
     ),
 )
 
@@ -1014,6 +1043,9 @@ class _Reader:
             max_build_starts_per_second=values["max_build_starts_per_second"],
             operator_page=values["operator_page"],
             operator_token=values["operator_token"],
+            header_timeout_seconds=values["header_timeout_seconds"],
+            body_timeout_seconds=values["body_timeout_seconds"],
+            max_inflight_body_bytes=values["max_inflight_body_bytes"],
         )
 
     def aws(self, raw: object) -> AwsSettings:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import resource
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -27,6 +28,7 @@ from gunicorn.glogging import Logger as GunicornLogger  # type: ignore[import-un
 from bridge.app import WORKER_KEY, create_app
 from bridge.config import Config
 from bridge.errors import InputError
+from bridge.intake import IntakeWorker
 from bridge.logs import LOGGED_BY_APP, current_formatter
 from bridge.operator_page import is_loopback
 from bridge.services import Services, build_services
@@ -36,6 +38,8 @@ from bridge.worker_process import WorkerProcess
 log = logging.getLogger("bridge.server")
 
 GRACEFUL_TIMEOUT_SECONDS: Final = 30
+MAX_CONNECTIONS: Final = 2000
+RESERVED_DESCRIPTORS: Final = 128  # the state file, clients to AWS, GitHub and GitLab, logs
 
 
 class LineLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -122,6 +126,23 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
         return self._app_factory()
 
 
+def _connection_capacity() -> int:
+    """As many connections as file descriptors allow, up to `MAX_CONNECTIONS`: the soft limit is
+    raised to the hard one first (a container's soft limit is often 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(64, min(MAX_CONNECTIONS, soft - RESERVED_DESCRIPTORS))
+
+
 _HOST_HINT: Final = "pass an address of this machine: 127.0.0.1 (this host only) or 0.0.0.0 (every interface)"
 
 
@@ -176,8 +197,10 @@ def server_options(*, host: str, port: int, threads: int, fd: int | None = None)
     return {
         "bind": f"fd://{fd}" if fd is not None else f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": 1,  # see the module docstring: one writer of the SQLite store
-        "worker_class": "gthread",
+        "worker_class": IntakeWorker,  # gthread, receiving each request before a thread takes it
         "threads": threads,
+        # Connections held at once, most of them waiting for their request at no thread's cost.
+        "worker_connections": _connection_capacity(),
         "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
         "timeout": 60,
         "keepalive": 5,

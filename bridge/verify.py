@@ -31,6 +31,9 @@ from bridge.secret import Secret
 
 __all__ = [
     "CertificateCache",
+    "check_github_signature_header",
+    "check_gitlab_token_header",
+    "check_standard_webhook_headers",
     "hmac_sha256",
     "is_allowed_sns_certificate_url",
     "verify_github_signature",
@@ -45,6 +48,27 @@ _GITHUB_HEADER: Final = "X-Hub-Signature-256"
 _GITHUB_SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
 
+def check_github_signature_header(signature_header: str | None) -> None:
+    """The header alone: present and well-formed. Checked before the body is read, so an unsigned
+    or garbled delivery is refused without the server taking in its body."""
+    _github_signature(signature_header)
+
+
+def _github_signature(signature_header: str | None) -> re.Match[str]:
+    if not signature_header:
+        raise SignatureError(
+            f"missing {_GITHUB_HEADER} header",
+            hint="set the GitHub webhook's secret (Settings > Webhooks > Secret) to the configured one",
+        )
+    match = _GITHUB_SIGNATURE.fullmatch(signature_header)
+    if match is None:
+        raise SignatureError(
+            f"malformed {_GITHUB_HEADER} header: expected 'sha256=' followed by 64 hex digits",
+            hint="send the header as GitHub computes it; the legacy sha1 X-Hub-Signature is not accepted",
+        )
+    return match
+
+
 def verify_github_signature(body: bytes, signature_header: str | None, secrets: Sequence[Secret]) -> None:
     """Check GitHub's HMAC-SHA256 of the raw body; any of several secrets may match (rotation).
 
@@ -57,17 +81,7 @@ def verify_github_signature(body: bytes, signature_header: str | None, secrets: 
             "no GitHub webhook secret is configured",
             hint="set the GitHub webhook secret in the config file; unsigned deliveries are refused",
         )
-    if not signature_header:
-        raise SignatureError(
-            f"missing {_GITHUB_HEADER} header",
-            hint="set the GitHub webhook's secret (Settings > Webhooks > Secret) to the configured one",
-        )
-    match = _GITHUB_SIGNATURE.fullmatch(signature_header)
-    if match is None:
-        raise SignatureError(
-            f"malformed {_GITHUB_HEADER} header: expected 'sha256=' followed by 64 hex digits",
-            hint="send the header as GitHub computes it; the legacy sha1 X-Hub-Signature is not accepted",
-        )
+    match = _github_signature(signature_header)
     received = bytes.fromhex(match.group(1))
     if not _any_equal(received, (hmac_sha256(key, body) for key in keys)):
         raise SignatureError(
@@ -78,6 +92,20 @@ def verify_github_signature(body: bytes, signature_header: str | None, secrets: 
 
 
 # --------------------------------------------------------------------------------------------- GitLab
+
+
+def check_gitlab_token_header(token_header: str | None) -> None:
+    """The header alone: present (checked before the body is read)."""
+    _gitlab_token(token_header)
+
+
+def _gitlab_token(token_header: str | None) -> str:
+    if not token_header:
+        raise SignatureError(
+            "missing X-Gitlab-Token header",
+            hint="set 'Secret token' on the GitLab webhook to the configured token",
+        )
+    return token_header
 
 
 def verify_gitlab_token(token_header: str | None, tokens: Sequence[Secret]) -> None:
@@ -91,12 +119,8 @@ def verify_gitlab_token(token_header: str | None, tokens: Sequence[Secret]) -> N
             "no GitLab webhook token is configured",
             hint="set the GitLab webhook secret token in the config file",
         )
-    if not token_header:
-        raise SignatureError(
-            "missing X-Gitlab-Token header",
-            hint="set 'Secret token' on the GitLab webhook to the configured token",
-        )
-    received = hashlib.sha256(token_header.encode("utf-8", "surrogatepass")).digest()
+    token = _gitlab_token(token_header)
+    received = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
     if not _any_equal(received, (hashlib.sha256(key).digest() for key in keys)):
         raise SignatureError(
             "X-Gitlab-Token does not match any configured token",
@@ -108,19 +132,16 @@ _STANDARD_SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - a format marker, not a
 _DIGITS = re.compile(r"[0-9]{1,15}")
 
 
-def verify_standard_webhook(
-    body: bytes,
-    headers: Mapping[str, str],
-    secrets: Sequence[Secret],
-    *,
-    now: float,
-    tolerance_seconds: int = 300,
-) -> str:
-    """Check a Standard Webhooks signature (GitLab signing tokens) and return the `webhook-id`.
+def check_standard_webhook_headers(
+    headers: Mapping[str, str], *, now: float, tolerance_seconds: int = 300
+) -> None:
+    """The headers alone: present, a fresh timestamp, a v1 signature (checked before the body is read)."""
+    _standard_headers(headers, now=now, tolerance_seconds=tolerance_seconds)
 
-    The timestamp is signed too, so refusing old ones stops an attacker replaying a captured delivery;
-    the id is returned because it is the delivery's identity for de-duplication.
-    """
+
+def _standard_headers(
+    headers: Mapping[str, str], *, now: float, tolerance_seconds: int
+) -> tuple[str, str, str]:
     lowered = {name.lower(): value for name, value in headers.items()}
     msg_id = lowered.get("webhook-id", "")
     timestamp = lowered.get("webhook-timestamp", "")
@@ -156,18 +177,41 @@ def verify_standard_webhook(
             hint="the sender's or this server's clock is wrong (check NTP)",
         )
 
-    keys = [key for key in (_standard_key(secret) for secret in secrets) if key]
-    if not keys:
-        raise SignatureError(
-            "no usable GitLab signing token is configured",
-            hint="configure the signing token exactly as GitLab shows it ('whsec_' followed by base64)",
-        )
+    _v1_signatures(signatures)
+    return msg_id, timestamp, signatures
+
+
+def _v1_signatures(signatures: str) -> list[bytes]:
     received = [sig for sig in (_v1_signature(entry) for entry in signatures.split(" ")) if sig is not None]
     if not received:
         raise SignatureError(
             "webhook-signature holds no 'v1,<base64>' signature",
             hint="only v1 (HMAC-SHA256) Standard Webhooks signatures are supported",
         )
+    return received
+
+
+def verify_standard_webhook(
+    body: bytes,
+    headers: Mapping[str, str],
+    secrets: Sequence[Secret],
+    *,
+    now: float,
+    tolerance_seconds: int = 300,
+) -> str:
+    """Check a Standard Webhooks signature (GitLab signing tokens) and return the `webhook-id`.
+
+    The timestamp is signed too, so refusing old ones stops an attacker replaying a captured delivery;
+    the id is returned because it is the delivery's identity for de-duplication.
+    """
+    msg_id, timestamp, signatures = _standard_headers(headers, now=now, tolerance_seconds=tolerance_seconds)
+    keys = [key for key in (_standard_key(secret) for secret in secrets) if key]
+    if not keys:
+        raise SignatureError(
+            "no usable GitLab signing token is configured",
+            hint="configure the signing token exactly as GitLab shows it ('whsec_' followed by base64)",
+        )
+    received = _v1_signatures(signatures)
     signed = f"{msg_id}.{timestamp}.".encode("utf-8", "surrogatepass") + body
     expected = [hmac_sha256(key, signed) for key in keys]
     if not any(_any_equal(sig, expected) for sig in received):

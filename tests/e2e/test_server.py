@@ -78,6 +78,7 @@ class Server:
     env: dict[str, str]
     port: int
     process: subprocess.Popen[bytes] | None = None
+    threads: int = 4
 
     @property
     def url(self) -> str:
@@ -96,7 +97,7 @@ class Server:
             "--port",
             str(self.port),
             "--threads",
-            "4",
+            str(self.threads),
             "--poll-interval",
             "1",
         ]

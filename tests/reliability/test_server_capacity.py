@@ -8,9 +8,11 @@ sender's timeout (GitHub gives up after 10 s) rather than stall.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ from tests.e2e.support import (
     github_payload,
     secret_env,
 )
-from tests.e2e.test_server import MAX_BODY, Server, free_port
+from tests.e2e.test_server import MAX_BODY, Server, free_port, wait_for
 from tests.fakes.codebuild_double import CodeBuildDouble
 from tests.fakes.github_api import FakeGitHub
 from tests.fakes.gitlab_api import FakeGitLab
@@ -50,7 +52,7 @@ def serve(
     """Starts `bridge serve` with env: secret references; `server_extra` adds lines to [server]."""
     started: list[Server] = []
 
-    def start(*, max_body_bytes: int = MAX_BODY, server_extra: str = "") -> Server:
+    def start(*, max_body_bytes: int = MAX_BODY, server_extra: str = "", threads: int = 4) -> Server:
         text = config_text(
             github_url=github_api.url,
             gitlab_url=gitlab_api.url,
@@ -67,7 +69,7 @@ def serve(
             **secret_env(github_app_key=github_api.app_keys.private_key_pem, gitlab_token=gitlab_api.token),
             "PYTHONUNBUFFERED": "1",
         }
-        server = Server(config_path, tmp_path / "server.log", env, free_port())
+        server = Server(config_path, tmp_path / "server.log", env, free_port(), threads=threads)
         started.append(server)
         server.start()
         return server
@@ -132,3 +134,195 @@ def test_a_locked_state_file_is_503_with_a_reason_inside_the_senders_timeout(ser
         assert seconds < SENDER_TIMEOUT, (seconds, answer)
     assert health[0] == 200
     assert accepted[:2] == (202, {"delivery": "locked-0", "route": "hello"})  # the sender's retry
+
+
+# -- slow and half-sent clients ----------------------------------------------------------------------
+
+BIG = 26_214_400  # GitHub's 25 MiB payload cap, the default server.max_body_bytes
+FORGED = "sha256=" + "0" * 64  # well-formed, so only the body's HMAC can refuse it
+
+
+def head(path: str, length: int, headers: dict[str, str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {length}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def half_sent(server: Server, kind: int) -> socket.socket:
+    """An idle connection (0), one stopped inside its headers (1), or one stopped after one byte of a
+    body of 1000 declared bytes, with a well-formed signature header (2)."""
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=CLIENT_TIMEOUT)
+    if kind == 1:
+        client.sendall(b"POST /webhooks/github HTTP/1.1\r\nHost: 127.0.0.1\r\nX-GitHub-Event: pu")
+    elif kind == 2:
+        headers = {
+            "X-GitHub-Event": "push",
+            "X-Hub-Signature-256": FORGED,
+            "Content-Type": "application/json",
+        }
+        client.sendall(head("/webhooks/github", 1000, headers) + b"{")
+    return client
+
+
+def sockets_of(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def closed_by_server(client: socket.socket) -> bool:
+    try:
+        return client.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_slow_and_half_sent_connections_starve_neither_signed_deliveries_nor_healthz(serve: Serve) -> None:
+    server = serve()
+    slow = [half_sent(server, number % 3) for number in range(96)]
+    try:
+        wait_for(
+            lambda: sockets_of(server.server_process()) > len(slow),  # and the listening socket
+            SENDER_TIMEOUT,
+            "the server to hold every slow connection",
+            server.log_path,
+        )
+        health = get(server, "/healthz")
+        sent = [signed_push(f"beside-slow-{number}") for number in range(8)]
+        one_by_one = [post(server, *args) for args in sent[:4]]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda args: post(server, *args), sent[4:]))
+        still_held = sockets_of(server.server_process()) > len(slow)
+    finally:
+        for client in slow:
+            client.close()
+
+    assert health[0] == 200
+    for number, (status, answer, seconds) in enumerate(one_by_one + together):
+        assert (status, answer) == (202, {"delivery": f"beside-slow-{number}", "route": "hello"})
+        assert seconds < SENDER_TIMEOUT / 2, seconds
+    assert still_held  # the deliveries were answered with every slow connection still open
+
+
+def test_a_kept_alive_connection_waits_in_the_main_loop_and_is_served_again(serve: Serve) -> None:
+    server = serve(server_extra="header_timeout_seconds = 1")
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=CLIENT_TIMEOUT)
+    try:
+        answers = []
+        for number in range(3):
+            connection.request(
+                *("POST", *signed_push(f"kept-{number}")[:2]), headers=signed_push(f"kept-{number}")[2]
+            )
+            response = connection.getresponse()
+            answers.append((response.status, json.loads(response.read()), response.getheader("Connection")))
+        sock = connection.sock
+        assert sock is not None
+        wait_for(lambda: closed_by_server(sock), 20, "the server to close the idle kept-alive connection")
+    finally:
+        connection.close()
+    assert [answer[:2] for answer in answers] == [
+        (202, {"delivery": f"kept-{number}", "route": "hello"}) for number in range(3)
+    ]
+    assert {answer[2] for answer in answers} == {"keep-alive"}
+
+
+def test_a_client_that_stops_sending_is_disconnected_at_its_deadline(serve: Serve) -> None:
+    server = serve(server_extra="header_timeout_seconds = 1\nbody_timeout_seconds = 1")
+    in_headers, in_body = half_sent(server, 1), half_sent(server, 2)
+    try:
+        wait_for(lambda: closed_by_server(in_headers), 20, "the server to close a connection mid-headers")
+        wait_for(lambda: closed_by_server(in_body), 20, "the server to close a connection mid-body")
+    finally:
+        in_headers.close()
+        in_body.close()
+    assert get(server, "/healthz")[0] == 200
+
+
+# -- bodies: refused from their headers, and bounded ---------------------------------------------
+
+
+def vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def answer_of(client: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (one request a connection)."""
+    received = b""
+    while chunk := client.recv(65536):
+        received += chunk
+    return received
+
+
+def send_big(server: Server, headers: dict[str, str], body: bytes) -> int | None:
+    """Sends a whole 25 MiB post; the answer's status, or None when the server cut the upload short
+    (it may answer and close as soon as the headers refuse it)."""
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=CLIENT_TIMEOUT)
+    try:
+        with contextlib.suppress(OSError):
+            client.sendall(head("/webhooks/github", len(body), headers) + body)
+        try:
+            answer = client.recv(64)
+        except OSError:
+            return None
+        return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else None
+    finally:
+        client.close()
+
+
+def test_an_unsigned_body_is_refused_from_its_headers_and_never_held(serve: Serve) -> None:
+    server = serve(max_body_bytes=BIG)
+    pid = server.server_process()
+    event = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "big", "Content-Type": "application/json"}
+
+    # Refused before a byte of the body is sent: the answer does not wait for it.
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=SENDER_TIMEOUT)
+    try:
+        client.sendall(head("/webhooks/github", BIG, event))
+        early = answer_of(client)
+    finally:
+        client.close()
+    malformed = socket.create_connection(("127.0.0.1", server.port), timeout=SENDER_TIMEOUT)
+    try:
+        malformed.sendall(head("/webhooks/github", BIG, {**event, "X-Hub-Signature-256": "sha1=00"}))
+        early_malformed = answer_of(malformed)
+    finally:
+        malformed.close()
+
+    before = vm_kib(pid, "VmRSS")
+    body = b"x" * BIG
+    with ThreadPoolExecutor(16) as pool:
+        for _round in range(3):
+            statuses = list(pool.map(lambda _n: send_big(server, event, body), range(16)))
+            assert set(statuses) <= {401, None}, statuses
+    after = vm_kib(pid, "VmRSS")
+
+    assert early.startswith(b"HTTP/1.1 401 "), early
+    assert b"missing X-Hub-Signature-256 header" in early
+    assert early_malformed.startswith(b"HTTP/1.1 401 "), early_malformed
+    assert b"malformed X-Hub-Signature-256 header" in early_malformed
+    assert after - before < 32_768, (before, after)  # KiB: 48 posts of 25 MiB left (almost) nothing behind
+
+
+def test_bodies_in_flight_are_bounded_and_a_signed_delivery_still_gets_through(serve: Serve) -> None:
+    budget = 2 * BIG
+    # As many request threads as posts: only the budget can keep their bodies from being held at once.
+    server = serve(max_body_bytes=BIG, server_extra=f"max_inflight_body_bytes = {budget}", threads=16)
+    pid = server.server_process()
+    before = vm_kib(pid, "VmHWM")
+    forged = {"X-GitHub-Event": "push", "X-Hub-Signature-256": FORGED, "Content-Type": "application/json"}
+    body = b"x" * BIG
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda _n: send_big(server, forged, body), range(16)))
+    accepted = post(server, *signed_push("after-forged"))
+    peak = vm_kib(pid, "VmHWM")
+
+    assert statuses == [401] * 16  # each body was read and its HMAC checked, a few at a time
+    assert accepted[:2] == (202, {"delivery": "after-forged", "route": "hello"})
+    # 16 bodies of 25 MiB, 400 MiB together; held at once: the budget, and the copies handling makes
+    assert (peak - before) * 1024 < 4 * budget, (before, peak)
