@@ -22,6 +22,9 @@ EnvVarType = Literal["PLAINTEXT", "SECRETS_MANAGER", "PARAMETER_STORE"]
 ForkPolicy = Literal["never", "without-secrets", "allow"]
 
 SourceMode = Literal["native", "clone"]
+# Where the image build's layer cache lives (bridge.core.cache): the registry (buildx cache manifests, or
+# BuildKit's inline cache without buildx), CodeBuild's host-local docker layer cache, or nowhere.
+CacheMode = Literal["registry", "inline", "local", "none"]
 
 # A CodeBuild build record as BatchGetBuilds returns it (the `builds[i]` dict). Builders other
 # than CodeBuild produce the same shape, so status.py has one input format.
@@ -56,6 +59,7 @@ class SourceEvent:
     pipeline_id: int | None = None  # GitLab pipeline id, where the payload carries one
     sender: str | None = None  # login / username of whoever triggered it
     check_run_id: int | None = None  # for check_run.rerequested: the run being re-run
+    default_branch: str | None = None  # the repository's default branch, where the payload says it
 
     @property
     def short_sha(self) -> str:
@@ -117,6 +121,8 @@ class BuildOptions:
     extra_overrides: Mapping[str, Any] = field(default_factory=dict)  # other StartBuild kwargs, passed as is
     batch: bool = False  # StartBuildBatch instead of StartBuild (the buildspec's `batch:` section decides)
     registry: RegistryAuth | None = None  # explicit registry login; None: the build role (ECR) or nothing
+    cache: CacheMode = "registry"  # layer cache of the packaged image buildspecs (bridge.core.cache)
+    cache_write: bool = True  # False: read the cache only (a fork never writes, whatever this says)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
+from bridge.core.cache import LOCAL_CACHE_OVERRIDE, plan_cache
 from bridge.errors import ConfigError, InputError
 from bridge.model import BuildOptions, BuildRequest, EnvVar, RegistryAuth, SourceEvent
 
@@ -342,6 +343,8 @@ def plan_build(
             EnvVar("IMAGE_TAG", tag),
             EnvVar("IMAGE_URI", image_uri),
         ]
+        cache = plan_cache(event, options.image_repository.strip(), options.cache, write=options.cache_write)
+        bridge_env += cache.env()
 
     buildspec = options.buildspec or None
     if clone_mode:
@@ -383,6 +386,8 @@ def plan_build(
     if buildspec is not None:
         kwargs["buildspecOverride"] = buildspec
     _add_environment_overrides(kwargs, options, builds_image=image_uri is not None)
+    if options.cache == "local":
+        kwargs["cacheOverride"] = dict(LOCAL_CACHE_OVERRIDE)
     for key, value in options.extra_overrides.items():
         if key in _PROTECTED_KWARGS:
             raise InputError("overrides", f"cannot override {key}", hint="set it through its own option")

@@ -8,12 +8,13 @@ Test images are `FROM scratch` plus busybox-static (nothing can be pulled here);
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from bridge.model import BuildOptions, RegistryAuth, SourceEvent
 from bridge.plan import plan_build
 from tests.buildspec_runner import BuildResult, env_from_request, run_buildspec
-from tests.docker_engine import Registry, busybox
+from tests.docker_engine import Registry, busybox, empty_builder
 
 SHA = "a" * 40
 
@@ -120,3 +121,60 @@ def test_a_failing_dockerfile_pushes_nothing(
     assert "not pushing" in result.log
     assert "IMAGE_DIGEST" not in result.exported
     assert registry.repositories() == []
+
+
+EXPENSIVE_IMAGE = """\
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sh", "-c", "/bin/busybox head -c 32 /dev/urandom > /expensive"]
+COPY app.txt /app.txt
+"""
+
+
+def test_a_new_branch_on_a_fresh_host_reuses_the_default_branchs_cached_layers(
+    docker_client_env: dict[str, str], registry: Registry, tmp_path: Path
+) -> None:
+    """The expensive step writes random bytes: the same layer digest twice means it came from the cache."""
+    repository = f"{registry.address}/octo/app"
+    options = BuildOptions(project_name="p", image_repository=repository)
+    first = build(
+        make_source(tmp_path / "one", EXPENSIVE_IMAGE, {"app.txt": "v1\n"}),
+        docker_client_env,
+        options,
+        push_event("1" * 40, "main"),
+    )
+    assert first.status == "SUCCEEDED", first.log
+    assert registry.manifest("octo/app", "buildcache-main") is not None  # the cache ref was written
+    empty_builder(docker_client_env)  # the next build runs on a fresh host
+
+    second = build(
+        make_source(tmp_path / "two", EXPENSIVE_IMAGE, {"app.txt": "v2\n"}),
+        docker_client_env,
+        options,
+        replace(push_event("2" * 40, "feature/x"), default_branch="main"),
+    )
+
+    assert second.status == "SUCCEEDED", second.log
+    one, two = (registry.manifest("octo/app", sha) for sha in ("1" * 40, "2" * 40))
+    assert one is not None
+    assert two is not None
+    layers_one = [layer["digest"] for layer in one[1]["layers"]]
+    layers_two = [layer["digest"] for layer in two[1]["layers"]]
+    assert layers_one[:2] == layers_two[:2]  # busybox and the expensive step: from the cache
+    assert layers_one[2] != layers_two[2]  # the changed source
+    assert registry.manifest("octo/app", "buildcache-feature-x") is not None
+
+
+def test_cache_none_rebuilds_every_layer_on_a_fresh_host(
+    docker_client_env: dict[str, str], registry: Registry, tmp_path: Path
+) -> None:
+    options = BuildOptions(project_name="p", image_repository=f"{registry.address}/octo/app", cache="none")
+    source = make_source(tmp_path / "src", EXPENSIVE_IMAGE, {"app.txt": "v1\n"})
+    for sha in ("1" * 40, "2" * 40):
+        empty_builder(docker_client_env)
+        assert build(source, docker_client_env, options, push_event(sha)).status == "SUCCEEDED"
+    one, two = (registry.manifest("octo/app", sha) for sha in ("1" * 40, "2" * 40))
+    assert one is not None
+    assert two is not None
+    assert one[1]["layers"][1]["digest"] != two[1]["layers"][1]["digest"]
+    assert registry.manifest("octo/app", "buildcache-main") is None

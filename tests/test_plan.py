@@ -364,6 +364,9 @@ def test_env_order_context_then_bridge_then_image_then_user() -> None:
         "IMAGE_REPOSITORY",
         "IMAGE_TAG",
         "IMAGE_URI",
+        "BRIDGE_CACHE",
+        "BRIDGE_CACHE_REF",
+        "BRIDGE_CACHE_WRITE",
         "ZED",
         "ALPHA",
     ]
@@ -1163,6 +1166,12 @@ if name == "aws":
     print("ecr-password")
 if name == "docker" and args[:1] == ["inspect"]:
     print("ghcr.io/o/r@sha256:" + "ab" * 32)
+if name == "docker" and args[:1] == ["buildx"] and os.environ.get("FAKE_BUILDX") != "1":
+    sys.exit(1)  # the classic client: no buildx plugin
+if name == "docker" and args[:2] == ["buildx", "build"]:
+    metadata = args[args.index("--metadata-file") + 1]
+    with open(metadata, "w") as out:
+        json.dump({{"containerimage.digest": "sha256:" + "cd" * 32, "image.name": "x"}}, out, indent=2)
 """
 
 
