@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from bridge import events
 from bridge.builders.base import Builder
+from bridge.core.cache import parse_cache_mode
 from bridge.errors import BridgeError, InputError, ReporterError
 from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, RegistryAuth, SourceEvent
 from bridge.plan import parse_bool, parse_env_vars, plan_build, registry_env
@@ -149,6 +150,7 @@ def read_inputs(env: Mapping[str, str]) -> ActionInputs:
         timeout_minutes=_int_input(env, "timeout-minutes", low=5, high=2160),
         batch=parse_bool(_input(env, "batch") or "false", input_name="batch"),
         registry=_registry_auth(env),
+        cache=parse_cache_mode(_input(env, "cache") or "registry"),
     )
     return ActionInputs(
         project_name=project,

@@ -23,7 +23,7 @@ from typing import Any, Final, Literal, cast
 from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError, InputError
-from bridge.model import EnvVar, EventKind, ForkPolicy, Provider, SourceMode
+from bridge.model import CacheMode, EnvVar, EventKind, ForkPolicy, Provider, SourceMode
 from bridge.plan import looks_like_credential, parse_env_vars
 from bridge.secrets import EXPECTED_FORMS, SecretRef, parse_reference
 
@@ -157,6 +157,7 @@ class Route:
     batch: bool = False
     registry_credentials: SecretRef | None = None
     registry_server: str | None = None
+    cache: CacheMode = "registry"
 
     @property
     def context(self) -> str:
@@ -690,6 +691,17 @@ _ROUTE_KEYS = (
         default_doc="the host of image_repository",
         pattern=re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?"),
         form="a registry host name with an optional :port, e.g. ghcr.io",
+    ),
+    _Key(
+        "cache",
+        "string",
+        "Layer cache of the packaged image buildspecs: `registry` keeps it next to the image "
+        "(`<image_repository>:buildcache-<branch>`, read with the default or base branch's as a fallback; "
+        "buildx registry cache, or BuildKit's inline cache where buildx is missing); `inline` always uses "
+        "the inline cache; `local` is CodeBuild's short-lived LOCAL_DOCKER_LAYER_CACHE; `none` builds cold. "
+        "Fork builds read the cache but never write it.",
+        default="registry",
+        choices=("registry", "inline", "local", "none"),
     ),
 )
 
@@ -1309,6 +1321,7 @@ class _Reader:
             batch=values["batch"],
             registry_credentials=values["registry_credentials"],
             registry_server=values["registry_server"],
+            cache=values["cache"],
         )
 
     def globs(self, patterns: object, where: str) -> None:

@@ -293,7 +293,14 @@ def _github_push(root: _Fields, server_url: str, api_url: str | None) -> SourceE
         api_url=site.api_url,
         installation_id=site.installation_id,
         sender=site.sender,
+        default_branch=_default_branch(root),
     )
+
+
+def _default_branch(root: _Fields) -> str | None:
+    """The branch whose layer cache a new branch's first build starts from (bridge.core.cache)."""
+    repository = root.maybe_obj("repository")
+    return repository.maybe_text("default_branch") if repository is not None else None
 
 
 def _github_pull_request(root: _Fields, event_name: str, site: _GitHubSite) -> SourceEvent:
@@ -543,6 +550,7 @@ def from_actions(env: Mapping[str, str], payload: Mapping[str, Any]) -> SourceEv
         tag=tag,
         api_url=api_url,
         sender=sender,
+        default_branch=_default_branch(root),
     )
 
 

@@ -165,4 +165,5 @@ def build_options(route: Route, event: SourceEvent) -> BuildOptions:
             if route.registry_credentials is not None
             else None
         ),
+        cache=route.cache,
     )

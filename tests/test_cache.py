@@ -210,3 +210,40 @@ def test_no_cache_flags_without_a_registry_cache(tmp_path: Path, mode: CacheMode
             ]
         ]
     assert all("buildcache" not in arg for args in docker for arg in args)
+
+
+def test_the_action_input_and_the_route_key_reach_the_plan() -> None:
+    from bridge.action import read_inputs
+
+    inputs = read_inputs(
+        {"INPUT_PROJECT-NAME": "proj", "INPUT_IMAGE-REPOSITORY": REPO, "INPUT_CACHE": "inline"}
+    )
+    assert inputs.options.cache == "inline"
+    assert read_inputs({"INPUT_PROJECT-NAME": "proj"}).options.cache == "registry"
+    with pytest.raises(InputError, match="unknown cache mode"):
+        read_inputs({"INPUT_PROJECT-NAME": "proj", "INPUT_CACHE": "gha"})
+
+
+def test_the_route_key_reaches_the_plan() -> None:
+    from bridge.config import InvalidConfigError
+    from bridge.routing import build_options
+    from tests.test_config import GITHUB, parse, route
+
+    config = parse(GITHUB + route(cache="local", image_repository=REPO))
+    assert build_options(config.routes[0], FEATURE).cache == "local"
+    assert build_options(parse(GITHUB + route()).routes[0], FEATURE).cache == "registry"
+    with pytest.raises(InvalidConfigError, match="cache"):
+        parse(GITHUB + route(cache="gha"))
+
+
+def test_github_pushes_carry_the_default_branch_for_the_cache_fallback() -> None:
+    from bridge.events import from_actions, from_github
+    from tests.fixtures import github_example
+
+    payload = github_example("push")
+    event = from_github("push", payload)
+    assert isinstance(event, SourceEvent)
+    assert event.default_branch == payload["repository"]["default_branch"]
+    env = {"GITHUB_REPOSITORY": "octo/app", "GITHUB_SHA": "a" * 40, "GITHUB_REF": "refs/heads/x",
+           "GITHUB_EVENT_NAME": "push", "GITHUB_SERVER_URL": "https://github.com"}  # fmt: skip
+    assert from_actions(env, {"repository": {"default_branch": "trunk"}}).default_branch == "trunk"
