@@ -153,6 +153,7 @@ class Dockerd:
 
     def start(self) -> Dockerd:
         dockerd = require("dockerd")
+        self.root.mkdir(parents=True, exist_ok=True)
         command = [
             dockerd,
             "--data-root", str(self.root / "data"),
