@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -342,8 +342,10 @@ class LazyCodeBuild:
     def start(self, request: BuildRequest) -> BuildRecord:
         return self._get().start(request)
 
-    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
-        return self._get().get_many(build_ids)
+    def get_many(
+        self, build_ids: Sequence[str], *, batch_ids: Collection[str] = frozenset()
+    ) -> dict[str, BuildRecord]:
+        return self._get().get_many(build_ids, batch_ids=batch_ids)
 
     def stop(self, build_id: str) -> BuildRecord:
         return self._get().stop(build_id)

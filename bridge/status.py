@@ -602,3 +602,81 @@ def _summary(
                 blocks.append(f"**Last {kept} log lines** {TRUNCATED}\n\n{fitted_tail[0]}")
     body = "\n\n".join([*header, *blocks])
     return body + ("\n\n" + footer if footer else "")
+
+
+# -- statuses of deliveries and builds CodeBuild cannot describe ------------------------------------
+
+
+def waiting_status(reason: str, *, attempts: int) -> BuildStatus:
+    """A delivery accepted but not started yet because CodeBuild refused or could not be reached.
+
+    Queued, not completed: the worker keeps trying for as long as the store keeps the delivery, and
+    the same check run (or commit status) moves on to the build's own states once it starts.
+    """
+    title = f"Waiting for CodeBuild: {reason}"
+    return BuildStatus(
+        build_id="",
+        build_number=None,
+        build_status="IN_PROGRESS",
+        state="queued",
+        conclusion=None,
+        title=title[:TITLE_MAX],
+        summary=(
+            "### Waiting for CodeBuild\n\n"
+            f"The build has not started yet: {reason}\n\n"
+            f"The bridge tries again with a growing pause ({attempts} attempts so far); nothing is lost "
+            "meanwhile. *Re-run* or redelivering the webhook tries again at once.\n"
+        )[:65535],
+        phases=(),
+        current_phase=None,
+        console_url="",
+    )
+
+
+def not_started_status(message: str, hint: str = "") -> BuildStatus:
+    """What the commit shows when a build cannot start until someone fixes something (bad route,
+    access denied, unknown project, no credentials): final, with the fix, and never retried alone."""
+    title = f"Build not started: {message}"
+    fix = (
+        f"\n\n**To fix:** {hint}\n\nThen *Re-run*, redeliver the webhook, or run `bridge redeliver`."
+        if hint
+        else ""
+    )
+    return BuildStatus(
+        build_id="",
+        build_number=None,
+        build_status="FAULT",
+        state="completed",
+        conclusion="failure",
+        title=title[:TITLE_MAX],
+        summary=f"### Build not started\n\n{message}{fix}\n"[:65535],
+        phases=(),
+        current_phase=None,
+        console_url="",
+    )
+
+
+def lost_status(build_id: str, reason: str, *, region: str) -> BuildStatus:
+    """A build the bridge started and can no longer read: a final failure that says why, so a
+    required check does not wait forever on a build nobody can see."""
+    try:
+        link = console_url(build_id, region)
+    except ValueError:
+        link = ""
+    title = f"Build {build_id} lost: {reason}"
+    return BuildStatus(
+        build_id=build_id,
+        build_number=None,
+        build_status="FAULT",
+        state="completed",
+        conclusion="failure",
+        title=title[:TITLE_MAX],
+        summary=(
+            "### Build lost\n\n"
+            f"The bridge stopped following build `{build_id}`: {reason}\n\n"
+            "Its result is unknown. *Re-run* starts a new build.\n"
+        )[:65535],
+        phases=(),
+        current_phase=None,
+        console_url=link,
+    )

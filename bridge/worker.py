@@ -38,19 +38,19 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from bridge.builders.base import Builder
 from bridge.core.activity import status_record
-from bridge.errors import BridgeError, BuilderError, CredentialsError, SecretError
+from bridge.errors import BridgeError, CredentialsError, SecretError
 from bridge.model import BuildRecord, BuildRequest, BuildStatus, SourceEvent
 from bridge.pace import Pacer
 from bridge.plan import plan_build
 from bridge.poll import Backoff
 from bridge.queue import Job
 from bridge.services import Services, StatusReporter
-from bridge.status import build_status
+from bridge.status import build_status, lost_status
 from bridge.store import TrackedBuild
 
 log = logging.getLogger("bridge.worker")
@@ -60,6 +60,8 @@ MAX_ATTEMPTS: Final = 8  # ~ 4 minutes of back-off in total, inside the 5-minute
 RETRY_BASE_SECONDS: Final = 2.0
 RETRY_CAP_SECONDS: Final = 120.0
 CLAIM_BATCH: Final = 10
+POLL_CHUNK: Final = 100  # ids per read: BatchGetBuilds' limit, and what one refused call can hide
+MAX_MISSING_POLLS: Final = 5  # polls in a row a build may be absent before it is reported lost
 DEFAULT_LEASE_SECONDS: Final = 60
 POLL_LEASE_SECONDS: Final = 5  # how long a poll holds each build it claimed (a cycle takes less)
 LEASE_RETRY_SECONDS: Final = 0.2
@@ -197,6 +199,15 @@ class _Started:
     leased_at: float  # services.monotonic() when the lease was last taken or renewed
 
 
+@dataclass
+class _Read:
+    """What one poll learned: records by id, ids refused for good (and why), ids left unread."""
+
+    records: dict[str, BuildRecord] = field(default_factory=dict)
+    refused: dict[str, BridgeError] = field(default_factory=dict)
+    unsure: set[str] = field(default_factory=set)
+
+
 class Worker:
     """Drains pending deliveries and tracks builds; `run_once` is the whole cycle, for tests and the loop."""
 
@@ -210,6 +221,7 @@ class Worker:
         phase_report_interval: float = PHASE_REPORT_INTERVAL_SECONDS,
         sleep_rand: Callable[[], float] = random.random,
         starts_per_second: float | None = None,
+        max_missing_polls: int = MAX_MISSING_POLLS,
     ) -> None:
         """`starts_per_second`: StartBuild pacing (bridge.pace); None: the config's
         `server.max_build_starts_per_second`."""
@@ -223,6 +235,8 @@ class Worker:
         # Names this worker in the shared store's leases: unique per process, readable in the table.
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._max_attempts = max_attempts
+        self._max_missing_polls = max(1, max_missing_polls)
+        self._missing: dict[str, int] = {}  # build id → polls in a row that did not return it
         self._rand = sleep_rand
         self._phase_report_interval = phase_report_interval
         self._reported_at: dict[str, float] = {}  # build id → when its status was last posted
@@ -533,40 +547,87 @@ class Worker:
         return self._poll(active)
 
     def _poll(self, active: list[TrackedBuild]) -> int:
-        """ONE batched read (the builder chunks by 100) for every active build; returns builds updated."""
+        """ONE batched read per builder and kind (builds, batches) for every active build; returns
+        builds updated.
+
+        Per build, not all or nothing: a call that fails leaves only its own ids unread, a call
+        refused for good is tried again id by id so one bad id cannot hide the others, and a build
+        CodeBuild does not return (deleted, or refused for good) is reported lost after
+        `max_missing_polls` polls in a row instead of being polled forever.
+        """
         if not active:
             self._backoff.success()
             return 0
-        by_builder: dict[int, tuple[Builder, list[str]]] = {}
+        groups: dict[tuple[int, bool], tuple[Builder, bool, list[str]]] = {}
         for build in active:
             builder = self._services.builder_for_build(build.build_id)
-            by_builder.setdefault(id(builder), (builder, []))[1].append(build.build_id)
-        records: dict[str, BuildRecord] = {}
-        failed = False
-        for builder, build_ids in by_builder.values():
-            try:
-                records.update(builder.get_many(build_ids))
-            except BuilderError as exc:
-                failed = True
-                self._services.metrics.worker_errors.labels(
-                    stage="poll", retryable=str(exc.retryable).lower()
-                ).inc()
-                log.warning(
-                    "polling builds failed; backing off",
-                    extra={"error": _describe(exc), "builder": builder.name},
-                )
-        if failed:
+            batch = self._builds_batches(build.route_name)
+            groups.setdefault((id(builder), batch), (builder, batch, []))[2].append(build.build_id)
+        read = _Read()
+        for builder, batch, build_ids in groups.values():
+            for offset in range(0, len(build_ids), POLL_CHUNK):
+                self._read(builder, build_ids[offset : offset + POLL_CHUNK], batch, read)
+        if read.unsure or read.refused:
             self._backoff.failure()
-            if not records:
-                return 0
         else:
             self._backoff.success()
         updated = 0
         for build in active:
-            record = records.get(build.build_id)
-            if record is not None and self._apply_held(record, claimed=build):
+            record = read.records.get(build.build_id)
+            if record is not None:
+                self._missing.pop(build.build_id, None)
+                if self._apply_held(record, claimed=build):
+                    updated += 1
+            elif build.build_id not in read.unsure and self._missed(build, read.refused.get(build.build_id)):
                 updated += 1
         return updated
+
+    def _builds_batches(self, route_name: str) -> bool:
+        """Whether a tracked build is a batch: its route says so (a removed route: plain builds)."""
+        try:
+            return self._services.route(route_name).batch
+        except BridgeError:
+            return False
+
+    def _read(self, builder: Builder, build_ids: list[str], batch: bool, read: _Read) -> None:
+        try:
+            read.records.update(builder.get_many(build_ids, batch_ids=build_ids if batch else ()))
+        except BridgeError as exc:
+            retryable = is_retryable(exc)
+            self._services.metrics.worker_errors.labels(stage="poll", retryable=str(retryable).lower()).inc()
+            log.warning(
+                "polling builds failed; backing off" if retryable else "polling builds refused",
+                extra={"error": _describe(exc), "builder": builder.name, "builds": len(build_ids)},
+            )
+            if retryable:
+                read.unsure.update(build_ids)
+            elif len(build_ids) == 1:
+                read.refused[build_ids[0]] = exc
+            else:
+                for build_id in build_ids:
+                    self._read(builder, [build_id], batch, read)
+
+    def _missed(self, build: TrackedBuild, error: BridgeError | None) -> bool:
+        """One more poll that did not return `build`; at the bound, its final status says why."""
+        misses = self._missing.get(build.build_id, 0) + 1
+        if misses < self._max_missing_polls:
+            self._missing[build.build_id] = misses
+            return False
+        self._missing.pop(build.build_id, None)
+        if error is None:
+            reason = (
+                f"CodeBuild has not returned it for {misses} polls in a row (the build was deleted, or "
+                "the bridge now reads another account or region)"
+            )
+        else:
+            reason = f"CodeBuild refused to describe it: {_describe(error)}" + (
+                f" ({error.hint})" if error.hint else ""
+            )
+        log.warning(
+            "build lost; reporting it as failed", extra={"build_id": build.build_id, "reason": reason}
+        )
+        status = lost_status(build.build_id, reason, region=region_of_build({}, self._services.region))
+        return self._apply_status(build.build_id, status, claimed=build)
 
     def apply_record(self, record: BuildRecord) -> bool:
         """Report a build's new state if it is new; True when something was reported.
@@ -605,6 +666,16 @@ class Worker:
         """
         build_id = str(record.get("id") or "")
         status = build_status(record, region=region_of_build(record, self._services.region))
+        return self._apply_status(build_id, status, claimed=claimed, record=record)
+
+    def _apply_status(
+        self,
+        build_id: str,
+        status: BuildStatus,
+        *,
+        claimed: TrackedBuild | None = None,
+        record: BuildRecord | None = None,
+    ) -> bool:
         with self._lock:
             if claimed is not None and not self._is_news(status, claimed):
                 return False
@@ -616,7 +687,7 @@ class Worker:
                 )
             if tracked is None or not self._is_news(status, tracked):
                 return False
-            if status.done and status.conclusion != "success":
+            if record is not None and status.done and status.conclusion != "success":
                 status = self._with_log_tail(record, status)
             return self._report(
                 build_id,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -287,7 +287,9 @@ class RecordingBuilder:
         }
         return self.records[build_id]
 
-    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
+    def get_many(
+        self, build_ids: Sequence[str], *, batch_ids: Collection[str] = frozenset()
+    ) -> dict[str, BuildRecord]:
         return {b: self.records[b] for b in build_ids if b in self.records}
 
     def stop(self, build_id: str) -> BuildRecord:

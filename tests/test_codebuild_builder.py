@@ -496,18 +496,33 @@ def test_a_batch_is_polled_with_batch_get_build_batches_and_summarises_its_build
     assert all(record["buildBatchArn"] == batch["arn"] for record in children.values())
 
 
-def test_a_batch_started_by_another_process_is_found_by_its_id(
+def test_a_batch_started_by_another_process_is_read_as_a_batch_when_named_one(
     make_builder: MakeBuilder, codebuild_double: CodeBuildDouble
 ) -> None:
     batch = make_builder().start(batch_request())
     build = make_builder().start(request())
     fresh = make_builder()  # knows neither id, as after a restart
-    records = fresh.get_many([batch["id"], build["id"]])
+    records = fresh.get_many([batch["id"], build["id"]], batch_ids={batch["id"]})
     assert set(records) == {batch["id"], build["id"]}
     assert "buildBatchStatus" in records[batch["id"]]
     assert "buildStatus" in records[build["id"]]
     assert [c.params["ids"] for c in codebuild_double.calls("BatchGetBuildBatches")] == [[batch["id"]]]
+    assert [c.params["ids"] for c in codebuild_double.calls("BatchGetBuilds")] == [[build["id"]]]
     assert fresh.stop(batch["id"])["buildBatchStatus"] == "STOPPED"  # now known as a batch
+
+
+def test_an_id_codebuild_does_not_know_is_absent_and_never_asked_of_the_batch_api(
+    make_builder: MakeBuilder, codebuild_double: CodeBuildDouble
+) -> None:
+    """The bridge's role may not call BatchGetBuildBatches (deploy/bridge.yaml): a plain id that
+    BatchGetBuilds does not return is left for the caller to judge, not sent to the batch API."""
+    builder = make_builder()
+    build = builder.start(request())
+    gone = builder.start(request())
+    codebuild_double.forget(gone["id"])
+    records = builder.get_many([build["id"], gone["id"]])
+    assert set(records) == {build["id"]}
+    assert codebuild_double.calls("BatchGetBuildBatches") == []
 
 
 def test_stopping_a_batch_stops_its_builds(

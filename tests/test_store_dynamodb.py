@@ -28,7 +28,7 @@ from werkzeug.test import EnvironBuilder
 from bridge.model import SourceEvent
 from bridge.store import SqliteStore, StateStore, Store, StoreError
 from bridge.store_dynamodb import TABLE_DEFINITION, TTL_ATTRIBUTE, DynamoStore, create_table
-from tests.test_deploy import _template
+from tests.stack import template
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -662,7 +662,7 @@ def test_an_unreachable_table_is_a_store_error_with_a_hint(dynamodb_url: str, cl
 
 
 def test_the_stack_declares_the_table_the_store_expects() -> None:
-    resource: dict[str, Any] = _template()["Resources"]["StateTable"]
+    resource: dict[str, Any] = template()["Resources"]["StateTable"]
     properties = resource["Properties"]
     assert resource["Condition"] == "ReplicasEnabled"
     for key in ("AttributeDefinitions", "KeySchema", "BillingMode", "GlobalSecondaryIndexes"):

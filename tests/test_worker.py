@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from bridge.status import build_status
 from bridge.store import SqliteStore, TrackedBuild
 from bridge.store_dynamodb import DynamoStore, create_table
 from bridge.worker import (
+    MAX_MISSING_POLLS,
     PHASE_REPORT_INTERVAL_SECONDS,
     POLL_LEASE_SECONDS,
     Worker,
@@ -314,8 +315,10 @@ class Delegating:
     def start(self, request: BuildRequest) -> BuildRecord:
         return self.inner.start(request)
 
-    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
-        return self.inner.get_many(build_ids)
+    def get_many(
+        self, build_ids: Sequence[str], *, batch_ids: Collection[str] = frozenset()
+    ) -> dict[str, BuildRecord]:
+        return self.inner.get_many(build_ids, batch_ids=batch_ids)
 
     def stop(self, build_id: str) -> BuildRecord:
         return self.inner.stop(build_id)
@@ -334,9 +337,11 @@ class SlowPolls(Delegating):
     clock: Clock
     seconds: float = 0.0
 
-    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
+    def get_many(
+        self, build_ids: Sequence[str], *, batch_ids: Collection[str] = frozenset()
+    ) -> dict[str, BuildRecord]:
         self.clock.advance(self.seconds)
-        return self.inner.get_many(build_ids)
+        return self.inner.get_many(build_ids, batch_ids=batch_ids)
 
 
 def test_a_slow_poll_renews_no_lease_of_a_build_with_nothing_new(rig: Rig) -> None:
@@ -812,6 +817,73 @@ def test_poll_failure_backs_off_and_recovers(rig: Rig) -> None:
     assert rig.worker.track_builds() == 1
     assert rig.worker.poll_interval == rig.services.poll_interval
     rig.poll_until_done()
+
+
+def test_a_build_codebuild_does_not_return_is_reported_lost_after_a_bounded_number_of_polls(rig: Rig) -> None:
+    rig.enqueue(gitlab_push(), "gl-kept")
+    rig.enqueue(github_push(), "gh-lost")
+    rig.worker.drain_pending()
+    lost = next(b.build_id for b in rig.services.store.active_builds() if b.delivery_id == "gh-lost")
+    rig.double.forget(lost)
+
+    for _ in range(MAX_MISSING_POLLS - 1):
+        rig.clock.advance(5)
+        rig.worker.track_builds()
+        assert rig.services.store.get_build(lost).done is False  # type: ignore[union-attr]
+    rig.clock.advance(5)
+    rig.worker.track_builds()
+
+    assert rig.services.store.get_build(lost).done is True  # type: ignore[union-attr]
+    (check_run,) = rig.github_api.check_runs.values()
+    assert check_run["conclusion"] == "failure"
+    assert "CodeBuild has not returned it for 5 polls" in check_run["output"]["title"]
+    rig.poll_until_done()  # the other build was polled all along, and finishes
+    assert [state for (*_, state) in rig.gitlab_api.transitions][-1] == "success"
+    assert rig.double.not_found[lost] == MAX_MISSING_POLLS
+    assert rig.double.calls("BatchGetBuildBatches") == []
+
+
+def test_an_id_refused_for_good_does_not_hide_the_others(rig: Rig) -> None:
+    """A whole read refused (here: one call's AccessDeniedException) is asked again id by id, so the
+    builds it named are still read; the id refused every time is reported lost with the reason."""
+    rig.enqueue(gitlab_push(), "gl-one")
+    rig.enqueue(github_push(), "gh-two")
+    rig.worker.drain_pending()
+    rig.double.fail("BatchGetBuilds", "AccessDeniedException", count=1)
+    rig.clock.advance(PHASE_REPORT_INTERVAL_SECONDS + 1)
+    assert rig.worker.track_builds() == 2  # both read one by one after the refused pair
+
+    ids = [call.params["ids"] for call in rig.double.calls("BatchGetBuilds")]
+    assert [len(chunk) for chunk in ids] == [2, 1, 1]
+    assert [call.error_code for call in rig.double.calls("BatchGetBuilds")] == [
+        "AccessDeniedException",
+        None,
+        None,
+    ]
+
+
+def test_builds_of_a_batch_route_are_read_with_the_batch_api_only(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+) -> None:
+    made = make_rig(
+        tmp_path,
+        codebuild_double,
+        github_api,
+        gitlab_api,
+        config_options={"github_route_extra": "batch = true"},
+    )
+    made.enqueue(github_push(), "gh-batch")
+    made.worker.drain_pending()
+    fresh = Worker(made.services, sleep_rand=lambda: 0.0)  # as after a restart: the route says "batch"
+    made.clock.advance(5)
+    fresh.track_builds()
+    assert len(codebuild_double.calls("BatchGetBuildBatches")) == 1
+    assert codebuild_double.calls("BatchGetBuilds") == []
+    made.services.store.close()
 
 
 # -- EventBridge ---------------------------------------------------------------------------------------------

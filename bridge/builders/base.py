@@ -9,7 +9,7 @@ would silently ignore (a buildspec on a builder that only builds Dockerfiles, sa
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,8 +45,11 @@ class Builder(Protocol):
 
     def start(self, request: BuildRequest) -> BuildRecord: ...
 
-    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
-        """Records by id; ids the backend does not know are absent from the result."""
+    def get_many(
+        self, build_ids: Sequence[str], *, batch_ids: Collection[str] = frozenset()
+    ) -> dict[str, BuildRecord]:
+        """Records by id; ids the backend does not know are absent from the result. `batch_ids`:
+        which of them are batches of builds (a backend without batches ignores it)."""
         ...
 
     def stop(self, build_id: str) -> BuildRecord: ...

@@ -9,7 +9,7 @@ error *code* (never by message text), so the worker knows whether to try again l
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -117,8 +117,8 @@ class CodeBuildBuilder:
         self._logs = logs
         self._log_page_limit = log_page_limit
         self._sleep = sleep
-        # Batch ids look like build ids (project:uuid); the ones known to be batches skip the
-        # BatchGetBuilds attempt. Ids from an earlier process are found by the fallback in get_many.
+        # Batch ids look like build ids (project:uuid): the ones started here are remembered, and
+        # callers name the others (the worker knows which routes build batches).
         self._batch_ids: set[str] = set()
 
     def start(self, request: BuildRequest) -> BuildRecord:
@@ -133,15 +133,20 @@ class CodeBuildBuilder:
         with aws_call("StartBuild", request.project_name):
             return self._codebuild.start_build(**kwargs)["build"]
 
-    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
-        """Build records, and batch records for batch ids (BatchGetBuildBatches for ids no build has)."""
+    def get_many(
+        self, build_ids: Sequence[str], *, batch_ids: Collection[str] = frozenset()
+    ) -> dict[str, BuildRecord]:
+        """Build records, and batch records for the ids named in `batch_ids` or started here as batches.
+
+        Nothing else is asked of BatchGetBuildBatches: the bridge's IAM policy allows the batch
+        actions only where a route builds batches, and an id CodeBuild does not know is simply
+        absent from the result (BatchGetBuilds lists it under buildsNotFound), for the caller to judge.
+        """
         unique = list(dict.fromkeys(build_ids))
-        known_batches = [build_id for build_id in unique if build_id in self._batch_ids]
-        records = self._get_builds([build_id for build_id in unique if build_id not in self._batch_ids])
-        unknown = [
-            build_id for build_id in unique if build_id not in records and build_id not in known_batches
-        ]
-        records.update(self.get_batches([*known_batches, *unknown]))
+        batches = [build_id for build_id in unique if build_id in self._batch_ids or build_id in batch_ids]
+        records = self._get_builds([build_id for build_id in unique if build_id not in batches])
+        if batches:
+            records.update(self.get_batches(batches))
         return records
 
     def get_batches(self, batch_ids: Sequence[str]) -> dict[str, BuildRecord]:

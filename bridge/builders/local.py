@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal
@@ -219,7 +219,9 @@ class LocalBuilder:
         thread.start()
         return submitted
 
-    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
+    def get_many(
+        self, build_ids: Sequence[str], *, batch_ids: Collection[str] = frozenset()
+    ) -> dict[str, BuildRecord]:
         with self._lock:
             return {b: _deep_copy(self._records[b]) for b in dict.fromkeys(build_ids) if b in self._records}
 

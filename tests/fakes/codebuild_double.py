@@ -71,7 +71,9 @@ OPERATIONS = (
     "StartBuildBatch",
     "BatchGetBuildBatches",
     "StopBuildBatch",
+    "ListBuildsForProject",
 )
+LIST_PAGE_SIZE = 100  # ListBuildsForProject answers at most 100 ids a page
 BATCH_PHASES = ("SUBMITTED", "DOWNLOAD_BATCHSPEC", "IN_PROGRESS")
 TARGET_PREFIX = "CodeBuild_20161006"
 CBOR_PATH_PREFIX = f"/service/{TARGET_PREFIX}/operation/"
@@ -153,6 +155,7 @@ class Fault:
     remaining: int
     status: int = 400
     message: str = ""
+    after: bool = False  # the operation takes effect, then the answer is this error (a lost answer)
 
 
 class ServiceError(Exception):
@@ -644,6 +647,10 @@ class CodeBuildDouble:
             self._tokens: dict[str, tuple[dict[str, Any], str, float]] = {}
             self._batches: dict[str, _Batch] = {}
             self._next_batch: deque[BatchScenario] = deque()
+            self._forgotten: set[str] = set()
+            self.not_found: dict[str, int] = {}  # build id → BatchGetBuilds answers that listed it not found
+            self._allowed: frozenset[str] | None = None
+            self._elapsed = 0.0  # seconds advance() added to the clock
 
     def script_project(self, project: str, scenario: Scenario) -> None:
         """Every later build of `project` (unless a script_next scenario is queued) plays `scenario`."""
@@ -672,6 +679,34 @@ class CodeBuildDouble:
         with self._lock:
             self._faults.append(Fault(operation, code, count, status, message or f"{code} (scripted)"))
 
+    def lose_answers(self, operation: str, code: str = "InternalFailure", *, count: int = 1) -> None:
+        """The next `count` calls of `operation` take effect, then answer `code` (HTTP 500): the
+        caller cannot tell that, say, its StartBuild did start a build."""
+        with self._lock:
+            self._faults.append(
+                Fault(operation, code, count, 500, f"{code} (scripted, after the call took effect)", True)
+            )
+
+    def forget(self, build_id: str) -> None:
+        """CodeBuild no longer knows the build (deleted, expired): BatchGetBuilds lists it under
+        buildsNotFound, ListBuildsForProject leaves it out, StopBuild answers ResourceNotFoundException."""
+        with self._lock:
+            self._forgotten.add(build_id)
+
+    def allow_only(self, actions: Sequence[str] | None) -> None:
+        """IAM as a policy would apply it: an operation not in `actions` answers AccessDeniedException.
+        `actions` are IAM action names (`codebuild:StartBuild`); None allows everything again."""
+        with self._lock:
+            self._allowed = None if actions is None else frozenset(actions)
+
+    def advance(self, seconds: float) -> None:
+        """Move the double's clock on: idempotency tokens older than IDEMPOTENCY_WINDOW are forgotten."""
+        with self._lock:
+            self._elapsed += seconds
+
+    def _now(self) -> float:
+        return self._clock() + self._elapsed
+
     def throttle(self, count: int, operation: str | None = None) -> None:
         self.fail(operation, "ThrottlingException", count=count, message="Rate exceeded")
 
@@ -683,6 +718,11 @@ class CodeBuildDouble:
     def calls(self, operation: str) -> list[Recorded]:
         with self._lock:
             return [request for request in self.requests if request.operation == operation]
+
+    def build_ids(self) -> list[str]:
+        """Every build started so far (batch builds too), oldest first."""
+        with self._lock:
+            return list(self._builds)
 
     def build(self, build_id: str) -> dict[str, Any]:
         """The current record, without advancing the build."""
@@ -747,6 +787,19 @@ class CodeBuildDouble:
                     count=int(data.get("count", 1)),
                     status=int(data.get("status", 400)),
                 )
+            elif route == ("POST", "/_double/lost-answer"):
+                self.lose_answers(
+                    str(data["operation"]),
+                    str(data.get("code", "InternalFailure")),
+                    count=int(data.get("count", 1)),
+                )
+            elif route == ("POST", "/_double/forget"):
+                self.forget(str(data["build_id"]))
+            elif route == ("POST", "/_double/iam"):
+                actions = data.get("allow")
+                self.allow_only(None if actions is None else [str(action) for action in actions])
+            elif route == ("POST", "/_double/advance"):
+                self.advance(float(data["seconds"]))
             elif route == ("POST", "/_double/missing-project"):
                 self.mark_missing(str(data["project"]))
             elif route == ("POST", "/_double/reset"):
@@ -776,9 +829,11 @@ class CodeBuildDouble:
             params = self._decode(protocol, request)
             self._authenticate(operation, request)
             with self._lock:
+                self._authorize(operation, params)
                 self._inject_fault(operation)
                 validate(operation, params)
                 body = getattr(self, f"_op_{operation}")(params)
+                self._inject_fault(operation, after=True)
             _check_output(operation, body)
             response = self._encode(protocol, operation, body, 200)
             error: ServiceError | None = None
@@ -851,9 +906,19 @@ class CodeBuildDouble:
             json.dumps(body), status=status, headers=headers, content_type="application/x-amz-json-1.1"
         )
 
-    def _inject_fault(self, operation: str) -> None:
+    def _authorize(self, operation: str, params: Mapping[str, Any]) -> None:
+        if self._allowed is None or f"codebuild:{operation}" in self._allowed:
+            return
+        raise ServiceError(
+            "AccessDeniedException",
+            f"User: arn:aws:sts::{ACCOUNT}:assumed-role/bridge/task is not authorized to perform:"
+            f" codebuild:{operation} because no identity-based policy allows the"
+            f" codebuild:{operation} action",
+        )
+
+    def _inject_fault(self, operation: str, *, after: bool = False) -> None:
         for fault in self._faults:
-            if fault.remaining > 0 and fault.operation in (None, operation):
+            if fault.remaining > 0 and fault.after == after and fault.operation in (None, operation):
                 fault.remaining -= 1
                 raise ServiceError(fault.code, fault.message, fault.status)
 
@@ -866,7 +931,7 @@ class CodeBuildDouble:
             )
         token = params.get("idempotencyToken")
         request = {key: value for key, value in params.items() if key != "idempotencyToken"}
-        now = self._clock()
+        now = self._now()
         if token is not None and token in self._tokens:
             earlier, build_id, issued = self._tokens[token]
             if now - issued < IDEMPOTENCY_WINDOW:
@@ -895,8 +960,9 @@ class CodeBuildDouble:
         builds, not_found = [], []
         for build_id in dict.fromkeys(params["ids"]):  # a repeated id is answered (and advanced) once
             build = self._builds.get(build_id)
-            if build is None:
+            if build is None or build_id in self._forgotten:
                 not_found.append(build_id)
+                self.not_found[build_id] = self.not_found.get(build_id, 0) + 1
                 continue
             build.tick()
             builds.append(build.record())
@@ -908,7 +974,7 @@ class CodeBuildDouble:
             raise ServiceError("ResourceNotFoundException", f"Project cannot be found: {project}")
         token = params.get("idempotencyToken")
         request = {key: value for key, value in params.items() if key != "idempotencyToken"}
-        now = self._clock()
+        now = self._now()
         if token is not None and f"batch:{token}" in self._tokens:
             earlier, batch_id, issued = self._tokens[f"batch:{token}"]
             if now - issued < IDEMPOTENCY_WINDOW:
@@ -972,9 +1038,30 @@ class CodeBuildDouble:
         batch.stop()
         return {"buildBatch": batch.record()}
 
+    def _op_ListBuildsForProject(self, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """Newest first by default, as CodeBuild lists them; the token is the offset of the next page."""
+        project = params["projectName"]
+        if project in self._missing:
+            raise ServiceError(
+                "ResourceNotFoundException", f"The provided project name {project} does not exist"
+            )
+        ids = [
+            build.id
+            for build in self._builds.values()
+            if build.project == project and build.id not in self._forgotten
+        ]
+        if params.get("sortOrder", "DESCENDING") == "DESCENDING":
+            ids.reverse()
+        offset = int(params.get("nextToken") or 0)
+        page = ids[offset : offset + LIST_PAGE_SIZE]
+        body: dict[str, Any] = {"ids": page}
+        if offset + LIST_PAGE_SIZE < len(ids):
+            body["nextToken"] = str(offset + LIST_PAGE_SIZE)
+        return body
+
     def _op_StopBuild(self, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         build = self._builds.get(params["id"])
-        if build is None:
+        if build is None or params["id"] in self._forgotten:
             raise ServiceError("ResourceNotFoundException", f"Build {params['id']} does not exist")
         build.stop()
         return {"build": build.record()}
