@@ -19,7 +19,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -96,7 +96,9 @@ class RecordingBuilder:
             self._records[record["id"]] = record
             return copy.deepcopy(record)
 
-    def get_many(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
+    def get_many(
+        self, build_ids: Sequence[str], *, batch_ids: Collection[str] = frozenset()
+    ) -> dict[str, BuildRecord]:
         now = self._clock()
         found: dict[str, BuildRecord] = {}
         with self._lock:
