@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -646,10 +647,18 @@ def _require_json_content_type(environ: Mapping[str, Any], hint: str) -> None:
         raise BadRequestError(f"Content-Type must be application/json, got {mimetype or 'none'!r}", hint=hint)
 
 
+_FORM_BODY: Final = re.compile(rb"[A-Za-z_][\w.-]*=")
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         payload = jsonfast.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
+        if _FORM_BODY.match(body):  # `payload=%7B...`: a webhook set to send a form, not JSON
+            raise BadRequestError(
+                "request body is form-encoded, not JSON",
+                hint="set the webhook's Content type to application/json",
+            ) from None
         raise BadRequestError(
             "request body is not valid JSON", hint="send the payload as a JSON object"
         ) from None

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote
 
+from bridge.core.text import shorten
 from bridge.model import BuildRecord, BuildState, BuildStatus, Conclusion, PhaseRow
 
 TITLE_MAX: Final = 255
@@ -194,7 +195,7 @@ def batch_status(batch: BuildRecord, *, region: str, max_summary_chars: int = 65
     else:
         title = f"{label} {_VERB.get(status_value, 'failed')}"
     title = " ".join(title.split())
-    title = title if len(title) <= TITLE_MAX else title[: TITLE_MAX - 1] + "…"
+    title = shorten(title, TITLE_MAX)
 
     lines = [f"### {title}"]
     if batch.get("projectName"):
@@ -462,7 +463,7 @@ def _title(
     else:
         text = f"{label} failed" + (f" in {where}" if where else "")
     text = " ".join(text.split())
-    return text if len(text) <= TITLE_MAX else text[: TITLE_MAX - 1] + "…"
+    return shorten(text, TITLE_MAX)
 
 
 def _cell(text: str) -> str:
@@ -620,7 +621,7 @@ def waiting_status(reason: str, *, attempts: int) -> BuildStatus:
         build_status="IN_PROGRESS",
         state="queued",
         conclusion=None,
-        title=title[:TITLE_MAX],
+        title=shorten(title, TITLE_MAX),
         summary=(
             "### Waiting for CodeBuild\n\n"
             f"The build has not started yet: {reason}\n\n"
@@ -648,7 +649,7 @@ def not_started_status(message: str, hint: str = "") -> BuildStatus:
         build_status="FAULT",
         state="completed",
         conclusion="failure",
-        title=title[:TITLE_MAX],
+        title=shorten(title, TITLE_MAX),
         summary=f"### Build not started\n\n{message}{fix}\n"[:65535],
         phases=(),
         current_phase=None,
@@ -670,7 +671,7 @@ def lost_status(build_id: str, reason: str, *, region: str) -> BuildStatus:
         build_status="FAULT",
         state="completed",
         conclusion="failure",
-        title=title[:TITLE_MAX],
+        title=shorten(title, TITLE_MAX),
         summary=(
             "### Build lost\n\n"
             f"The bridge stopped following build `{build_id}`: {reason}\n\n"

@@ -43,6 +43,7 @@ from typing import Any, Final
 
 from bridge.builders.base import Builder
 from bridge.core.activity import status_record
+from bridge.core.text import shorten
 from bridge.errors import BridgeError, CredentialsError, SecretError
 from bridge.model import BuildRecord, BuildRequest, BuildStatus, SourceEvent
 from bridge.pace import Pacer
@@ -50,7 +51,7 @@ from bridge.plan import plan_build
 from bridge.poll import Backoff
 from bridge.queue import Job
 from bridge.services import Services, StatusReporter
-from bridge.status import build_status, lost_status
+from bridge.status import TITLE_MAX, build_status, lost_status
 from bridge.store import TrackedBuild
 
 log = logging.getLogger("bridge.worker")
@@ -174,7 +175,7 @@ def failure_status(message: str) -> BuildStatus:
         build_status="FAULT",
         state="completed",
         conclusion="failure",
-        title=title[:255],
+        title=shorten(title, TITLE_MAX),
         summary=f"### Build not started\n\n{message}\n",
         phases=(),
         current_phase=None,

@@ -15,7 +15,7 @@ import pytest
 import requests
 from github import GithubRetry
 
-from bridge.errors import ConfigError, ReporterError
+from bridge.errors import BuilderError, ConfigError, ReporterError
 from bridge.model import BuildStatus, SourceEvent
 from bridge.reporters.github import (
     CHECKS_HINT,
@@ -33,6 +33,7 @@ from bridge.reporters.github import (
 from bridge.secret import Secret
 from bridge.services import StatusReporter
 from bridge.status import build_status
+from bridge.worker import failure_status
 from tests.fakes.github_api import FakeGitHub, app_keys
 
 REPO = "octo-org/app"
@@ -409,6 +410,20 @@ def test_commit_status_description_fits_140_chars(github_api: FakeGitHub, pat_cl
     description = github_api.requests[-1].json["description"]
     assert len(description) == DESCRIPTION_MAX
     assert description.endswith("…")
+
+
+def test_a_status_that_could_not_start_keeps_its_whole_message_not_half_a_hint(
+    github_api: FakeGitHub, pat_client: github.Github
+) -> None:
+    """`Build not started: <error> (hint: <fix>)` over 140 characters: the hint goes, not half of it."""
+    error = BuilderError(
+        "CodeBuild refused StartBuild for project 'codebuild-flex': AccessDeniedException",
+        hint="allow codebuild:StartBuild on the project for the bridge's role (deploy/bridge.yaml does)",
+    )
+    reporter = CommitStatusReporter(pat_client, REPO, context="codebuild")
+    reporter.update(reporter.start(EVENT, None, None), failure_status(str(error)))
+    description = github_api.requests[-1].json["description"]
+    assert description == f"Build not started: {error.message}"
 
 
 def test_commit_status_forbidden_says_which_permission(github_api: FakeGitHub) -> None:

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from bridge.core.text import shorten
 from bridge.model import BuildStatus, CheckAction, Provider, SourceEvent
 
 __all__ = [
@@ -193,7 +194,7 @@ def awaiting_status(
         build_status="PENDING_APPROVAL",
         state="queued",
         conclusion=None,
-        title=title[:255],
+        title=shorten(title, 255),
         summary="\n".join(lines) + "\n",
         phases=(),
         current_phase=None,

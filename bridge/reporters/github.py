@@ -21,6 +21,7 @@ from github.CheckRun import CheckRun
 from github.GithubException import GithubException, RateLimitExceededException
 from urllib3.util.retry import Retry
 
+from bridge.core.text import shorten
 from bridge.errors import ConfigError, ReporterError
 from bridge.model import BuildStatus, SourceEvent
 from bridge.secret import Secret
@@ -270,7 +271,7 @@ class CommitStatusReporter:
     def _post(self, sha: str, state: str, description: str, target_url: str | None) -> int:
         fields: dict[str, Any] = {
             "state": state,
-            "description": _clip(description, DESCRIPTION_MAX),
+            "description": shorten(description, DESCRIPTION_MAX),
             "context": self.context,
         }
         if target_url:
@@ -338,6 +339,7 @@ def _check_run_fields(status: BuildStatus) -> dict[str, Any]:
 
 
 def _clip(text: str, limit: int) -> str:
+    """A long summary keeps its lines; only its end is cut (short one-line texts go through shorten)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -14,6 +14,7 @@ import gitlab
 import requests
 from gitlab.exceptions import GitlabAuthenticationError, GitlabError
 
+from bridge.core.text import shorten
 from bridge.errors import ReporterError
 from bridge.model import BuildStatus, SourceEvent
 from bridge.secret import Secret
@@ -159,7 +160,7 @@ def _short(message: object) -> str:
 
 
 def _truncate(text: str) -> str:
-    return text if len(text) <= MAX_FIELD_LENGTH else text[: MAX_FIELD_LENGTH - 1] + "…"
+    return shorten(text, MAX_FIELD_LENGTH)
 
 
 def member_access_level(gl: gitlab.Gitlab, project: int | str, user_id: int) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -328,6 +329,16 @@ CASES: list[Case] = [
     Case("gitlab unknown event", lambda: gitlab_delivery(gl_push(), event="Made Up Hook"), 200, "ignored"),
     Case("gitlab malformed JSON", lambda: gitlab_delivery(b"{", event="Push Hook"), 400, "error"),
     Case("gitlab JSON array", lambda: gitlab_delivery(b"[1]", event="Push Hook"), 400, "error"),
+    Case(
+        "gitlab form-encoded body",
+        lambda: gitlab_delivery(
+            urllib.parse.urlencode({"payload": json.dumps(gitlab_payload("push"))}).encode(),
+            event="Push Hook",
+        ),
+        400,
+        "error",
+        reason="set the webhook's Content type to application/json",
+    ),
     Case(
         "gitlab arrays nested 100,000 levels",
         lambda: gitlab_delivery(nested_arrays(100_000), event="Push Hook"),
