@@ -367,6 +367,16 @@ def _environment_help(variables: Sequence[tuple[str, str]]) -> str:
     return "environment variables:\n" + "\n".join(lines)
 
 
+def _demo_environment() -> list[tuple[str, str]]:
+    from bridge.demo import SECRET_ENV
+
+    variables = [
+        (name, f"the demo's {key} (default: generated, printed once)") for key, name in SECRET_ENV.items()
+    ]
+    variables.append(("XDG_STATE_HOME", "the default state directory is $XDG_STATE_HOME/bridge/demo"))
+    return variables
+
+
 def called_as(argv0: str) -> str:
     """The program name for usage lines: the one the user typed, so `codebuild-bridge` says so."""
     name = Path(argv0).name
@@ -459,6 +469,8 @@ def build_parser(prog: str = "bridge") -> argparse.ArgumentParser:
         " send it signed GitHub and GitLab sample deliveries, build them with the local builder when"
         " buildah, podman or docker is installed (or record the StartBuild requests CodeBuild would get),"
         " and show the result on the operator page. Runs until Ctrl-C or SIGTERM. See docs/demo.md.",
+        epilog=_environment_help(_demo_environment()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default: {DEFAULT_PORT})"

@@ -104,6 +104,14 @@ def test_serve_help_lists_every_environment_variable_the_cli_reads() -> None:
     assert all(name.split(",")[0] in run(BIN / "bridge", "--help").stdout for name, _ in SERVE_ENVIRONMENT)
 
 
+def test_demo_help_lists_the_variables_the_demo_reads() -> None:
+    from bridge.demo import SECRET_ENV
+
+    shown = run(BIN / "bridge", "demo", "--help").stdout
+    assert "environment variables:" in shown
+    assert [name for name in [*SECRET_ENV.values(), "XDG_STATE_HOME"] if name not in shown] == []
+
+
 # -- plan: exit codes and GitLab's event names ---------------------------------------------------------
 
 
