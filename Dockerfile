@@ -1,7 +1,11 @@
 # One image for both front doors, published as ghcr.io/codebuild-bridge/bridge (.github/workflows/release.yml):
 #   - the GitHub Action (the default: no arguments), which action.yml runs as a prebuilt image;
 #   - the webhook server: `docker run ... IMAGE bridge serve --host 0.0.0.0` (docs/deploy.md).
-FROM python:3.12-slim
+# The base is a build argument so the image can be built where python:3.12-slim cannot be pulled (the
+# tests build it on a Python base made from Debian's packages: tests/test_image.py); the default is the
+# published base every release is built on.
+ARG BASE_IMAGE=python:3.12-slim
+FROM ${BASE_IMAGE}
 
 LABEL org.opencontainers.image.title="bridge" \
       org.opencontainers.image.description="Container builds on AWS CodeBuild for GitHub and GitLab, reported on the commit." \
@@ -9,12 +13,15 @@ LABEL org.opencontainers.image.title="bridge" \
 
 # Unbuffered output: the Action's log lines and workflow commands reach the job log as they are written,
 # and the server's JSON log lines reach `docker logs` / CloudWatch without waiting for a buffer to fill.
+# PIP_BREAK_SYSTEM_PACKAGES: a base whose Python comes from Debian's packages marks it externally managed
+# (PEP 668); in this single-purpose image pip is the only installer, so that guard does not apply.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/opt/bridge \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
     BRIDGE_CONFIG=/etc/bridge/bridge.toml
 
 WORKDIR /opt/bridge

@@ -184,6 +184,7 @@ class Dockerd:
         if self.process is not None:
             _stop_group(self.process)
             self.process = None
+        unmount_under(self.root)
 
     def __enter__(self) -> Dockerd:
         return self.start()
@@ -329,3 +330,59 @@ def empty_builder(env: dict[str, str]) -> None:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def unmount_under(root: Path) -> None:
+    """What dockerd leaves mounted under its roots (the host network namespace, nsfs) once stopped."""
+    prefix = f"{root}/"
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+# --- a Python base image from Debian's packages (nothing can be pulled) -----------------------------
+
+BASE_CACHE = Path(os.environ.get("BRIDGE_TEST_CACHE", "/var/cache/bridge-tests"))
+PYTHON_BASE = "bridge-test-python-base:bookworm"
+_BASE_TARBALL = "python-base-bookworm.tar"
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def python_base_tarball() -> Path:
+    """A Debian bookworm root with python3 and pip (debootstrap from the Debian mirror), made once and
+    kept outside the repository. It trusts what this host trusts (its CA bundle), so pip behind a TLS
+    proxy works as it does on the host; `python` is python3, as in the official python images."""
+    tarball = BASE_CACHE / _BASE_TARBALL
+    if tarball.exists():
+        return tarball
+    debootstrap = require("debootstrap")
+    BASE_CACHE.mkdir(parents=True, exist_ok=True)
+    rootfs = Path(tempfile.mkdtemp(prefix="rootfs-", dir=BASE_CACHE))
+    try:
+        subprocess.run(
+            [debootstrap, "--variant=minbase", "--include=python3,python3-pip", "bookworm", str(rootfs),
+             "http://deb.debian.org/debian"],
+            check=True, capture_output=True, timeout=1800,
+        )  # fmt: skip
+        (rootfs / "usr/bin/python").symlink_to("python3")
+        shutil.copy("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/ca-certificates.crt")
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for entry in (rootfs / cache).glob("*"):
+                if entry.is_file():
+                    entry.unlink()
+        partial = tarball.with_suffix(".partial")
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True, timeout=600)
+        partial.rename(tarball)
+    finally:
+        remove_tree(rootfs)
+    return tarball
+
+
+def python_base_image(env: dict[str, str]) -> str:
+    """PYTHON_BASE in the engine, imported from the cached Debian root (made first when missing)."""
+    if subprocess.run(
+        [str(docker_client()), "image", "inspect", PYTHON_BASE], env=env, capture_output=True, check=False
+    ).returncode:
+        docker(env, "import", "--change", f"ENV PATH={_SYSTEM_PATH}", str(python_base_tarball()), PYTHON_BASE)
+    return PYTHON_BASE

@@ -1,8 +1,8 @@
 """The one image both front doors run: linted, hash-pinned, runnable from the files it copies, and with a
 health check that probes the server and stays out of the Action's way.
 
-There is no Docker engine here, so the image is not built: the test runs what the image runs (the copied
-files on PYTHONPATH, the HEALTHCHECK's own command) against real processes and sockets on loopback.
+The image is built and run for real in tests/test_image.py; here the tests run what the image runs (the
+copied files on PYTHONPATH, the HEALTHCHECK's own command) against real processes and sockets on loopback.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def test_hadolint_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_base_image_is_python_312_slim() -> None:
-    assert _all("FROM") == ["python:3.12-slim"]
+def test_base_image_is_python_312_slim_by_default_and_a_build_argument() -> None:
+    assert _all("FROM") == ["${BASE_IMAGE}"]
+    assert _all("ARG") == ["BASE_IMAGE=python:3.12-slim"]
 
 
 def test_dependencies_install_only_from_the_hash_pinned_lock() -> None:
