@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -66,8 +67,74 @@ CONTEXT_VARIABLES = (
 )
 
 
+# StopBuild is retried this many rounds (each one botocore's own retries) while it answers retryable
+# errors (throttling, 5xx): a cancelled or failed Action must not leave a build running.
+STOP_ROUNDS = 3
+
+
 class Cancelled(BaseException):
-    """Raised from the SIGINT/SIGTERM handler when the workflow run is cancelled."""
+    """The workflow run was cancelled. Raised by the Action's own checkpoints, never from a signal
+    handler; `outcome` says what became of the build, for the final error line."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.outcome = "no build was started"
+
+
+class Cancellation:
+    """The runner's SIGTERM/SIGINT (the workflow run was cancelled), recorded and waited on.
+
+    Nothing is raised from the handler: an exception raised at an arbitrary bytecode can leave a
+    lock held (urllib3's pool, a buffered stdout) and hang the next call, abandon StopBuild halfway,
+    or skip the check run's last update. The handler only notes the signal; the signal's byte on the
+    wakeup pipe (written by the interpreter's C handler) lets a watcher thread set a threading.Event,
+    which the loop waits on instead of sleeping and checks at every step. (Setting the Event in the
+    handler itself could deadlock: the handler runs on the main thread, which may be holding the
+    Event's lock inside wait().)
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.received: list[str] = []  # signal names, in order; appended by the handler
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.received) or self.event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True (at once) when the run is cancelled."""
+        return self.requested or self.event.wait(seconds)
+
+    def check(self) -> None:
+        if self.requested:
+            raise Cancelled(self.received[0] if self.received else "cancelled")
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signal.Signals(signum).name)
+
+    @contextmanager
+    def installed(self) -> Iterator[Cancellation]:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+
+        def watch() -> None:
+            while os.read(read_fd, 64):  # b"" once the write end is closed
+                self.event.set()
+
+        watcher = threading.Thread(target=watch, name="cancellation", daemon=True)
+        watcher.start()
+        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            signal.set_wakeup_fd(previous_fd)
+            os.close(write_fd)
+            watcher.join(timeout=5)
+            os.close(read_fd)
 
 
 @dataclass(frozen=True)
@@ -254,21 +321,6 @@ def load_event(env: Mapping[str, str]) -> SourceEvent:
     return events.from_actions(env, payload)
 
 
-@contextmanager
-def cancellation() -> Iterator[None]:
-    """Turn the runner's SIGTERM/SIGINT (workflow cancelled) into a Cancelled exception."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Cancelled(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 class BuildRun:
     """One build from start to final status, with its log stream and check run."""
 
@@ -283,6 +335,7 @@ class BuildRun:
         commands: WorkflowCommands,
         checks: Callable[[], CheckRunReporter | None],
         describe_image_digest: Callable[[str], str | None],
+        cancel: Cancellation | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -296,13 +349,15 @@ class BuildRun:
         self.make_checks = checks
         self.checks: CheckRunReporter | None = None
         self.describe_image_digest = describe_image_digest
-        self.sleep = sleep
+        self.cancel = cancel or Cancellation()
+        self.sleep = sleep  # only between StopBuild rounds: every other wait is cancel.wait
         self.clock = clock
         self.last_report_at = float("-inf")
         self.check_run_id: int | None = None
         self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         self.last_reported: tuple[str, str | None] | None = None
         self.batch_states: dict[str, str] = {}
+        self.last: BuildRecord = {}  # the latest record of the build being followed
 
     def _status(self, build: BuildRecord) -> BuildStatus:
         return build_status(build, region=self.region, log_tail=tuple(self.tail))
@@ -360,40 +415,47 @@ class BuildRun:
                 self.commands.info(f"batch build {identifier}: {state}")
 
     def run(self) -> tuple[BuildRecord, BuildStatus]:
+        self.cancel.check()  # cancelled before anything started: start nothing
         build = self.builder.start(self.request)
         kind = "batch" if is_batch(build) else "build"
         self.commands.info(f"Started CodeBuild {kind} {build['id']} of {self.event.sha}")
-        status = self._status(build)
-        self._start_check(status)
         if not self.inputs.wait:
+            status = self._status(build)
+            self._start_check(status)
             return build, status
+        # From here on, every way out but the build's own end stops the build and ends the check.
+        self.last = build
+        try:
+            return self._follow(build)
+        except BaseException as exc:
+            self._abandon(exc)
+            raise
+
+    def _follow(self, build: BuildRecord) -> tuple[BuildRecord, BuildStatus]:
+        self.cancel.check()
+        self._start_check(self._status(build))
+        self.cancel.check()
         build_id = str(build["id"])
         tail = self.builder.log_tail(build)
         backoff = Backoff(self.inputs.poll_interval_seconds)
-        try:
-            while True:
-                try:
-                    build = self.builder.get_many([build_id])[build_id]
-                except BridgeError as error:
-                    if not getattr(error, "retryable", False):
-                        raise
-                    self.sleep(backoff.failure())
-                    continue
-                self._emit(tail.poll(build))
-                if is_batch(build):
-                    self._emit_batch(build)
-                status = self._status(build)
-                self._report(status)
-                if is_complete(build):
-                    break
-                self.sleep(backoff.success())
-        except Cancelled:
-            self.commands.end_group()
-            self.commands.warning(f"workflow cancelled: stopping build {build_id}", title="cancelled")
-            build = self.builder.stop(build_id)
-            status = self._status(build)
-            self._report(status, force=True)
-            raise
+        while True:
+            self.cancel.check()
+            try:
+                build = self.builder.get_many([build_id])[build_id]
+            except BridgeError as error:
+                if not getattr(error, "retryable", False):
+                    raise
+                self.cancel.wait(backoff.failure())
+                continue
+            self.last = build
+            self.cancel.check()
+            self._emit(tail.poll(build))
+            if is_batch(build):
+                self._emit_batch(build)
+            self._report(self._status(build))
+            if is_complete(build):
+                break
+            self.cancel.wait(backoff.success())
         self._emit(list(tail.drain(build)))
         self.commands.end_group()
         status = self._status(build)
@@ -402,6 +464,75 @@ class BuildRun:
             status = replace(status, image_uri=image_uri, image_digest=self.describe_image_digest(image_uri))
         self._report(status, force=True)
         return build, status
+
+    def _abandon(self, exc: BaseException) -> None:
+        """The Action is leaving before the build ended: stop it, and complete the check run.
+
+        Runs for a cancellation, an error and a bug alike. Nothing here raises (the original
+        exception is what the job must report) and a second signal changes nothing: it is recorded,
+        not raised.
+        """
+        self.commands.end_group()
+        build, build_id = self.last, str(self.last["id"])
+        cancelled = isinstance(exc, Cancelled)
+        if not is_complete(build):
+            if cancelled:
+                self.commands.warning(f"workflow cancelled: stopping build {build_id}", title="cancelled")
+            else:
+                self.commands.warning(
+                    f"the Action failed while following build {build_id}: stopping the build",
+                    title="stopping the build",
+                )
+            stopped = self._stop(build_id)
+            if stopped is not None:
+                build = stopped
+            outcome = (
+                f"build {build_id} was stopped"
+                if stopped is not None
+                else f"build {build_id} could not be stopped and may still be running"
+            )
+        else:
+            outcome = f"build {build_id} had already ended"
+        if isinstance(exc, Cancelled):
+            exc.outcome = outcome
+        status = self._status(build)
+        if cancelled:
+            status = replace(
+                status, state="completed", conclusion="cancelled", title="Cancelled with the workflow run"
+            )
+        elif not is_complete(self.last):
+            reason = exc.message if isinstance(exc, BridgeError) else type(exc).__name__
+            status = replace(
+                status,
+                state="completed",
+                conclusion="failure",
+                title=f"The Action failed, so the build was stopped: {reason}"[:255],
+            )
+        try:
+            self._report(status, force=True)
+        except Exception as error:  # the original exception is the one to report
+            self.commands.warning(
+                f"could not update the check run: {type(error).__name__}", title="check run"
+            )
+
+    def _stop(self, build_id: str) -> BuildRecord | None:
+        """StopBuild, retried through throttling; None when it could not be stopped (warned)."""
+        backoff = Backoff(1.0)
+        for attempt in range(1, STOP_ROUNDS + 1):
+            try:
+                return self.builder.stop(build_id)
+            except Exception as error:  # whatever happens: say so, end the check
+                if getattr(error, "retryable", False) and attempt < STOP_ROUNDS:
+                    self.sleep(backoff.failure())
+                    continue
+                reason = error.message if isinstance(error, BridgeError) else type(error).__name__
+                console = build_status(self.last, region=self.region).console_url
+                self.commands.warning(
+                    f"could not stop build {build_id}: {reason}. Stop it in the CodeBuild console: {console}",
+                    title="build still running",
+                )
+                return None
+        return None
 
 
 def outputs_for(build: BuildRecord, status: BuildStatus, request: BuildRequest) -> dict[str, str]:
@@ -434,10 +565,11 @@ def _make_check_reporter(inputs: ActionInputs, env: Mapping[str, str]) -> CheckR
 def run(env: Mapping[str, str], out: TextIO) -> int:
     commands = WorkflowCommands(out)
     try:
-        with cancellation():
-            return _run(env, commands)
-    except Cancelled:
-        commands.error("the workflow run was cancelled; the build was stopped", title="cancelled")
+        with Cancellation().installed() as cancel:
+            return _run(env, commands, cancel)
+    except Cancelled as cancelled:
+        commands.end_group()
+        commands.error(f"the workflow run was cancelled; {cancelled.outcome}", title="cancelled")
         return 130
     except BridgeError as error:
         commands.end_group()
@@ -459,7 +591,7 @@ class _OnFirstUse:
         return getattr(self._client, name)
 
 
-def _run(env: Mapping[str, str], commands: WorkflowCommands) -> int:
+def _run(env: Mapping[str, str], commands: WorkflowCommands, cancel: Cancellation) -> int:
     inputs = read_inputs(env)
     if inputs.github_token is not None:
         commands.mask(inputs.github_token)
@@ -473,6 +605,7 @@ def _run(env: Mapping[str, str], commands: WorkflowCommands) -> int:
     context = {name: env[name] for name in CONTEXT_VARIABLES if env.get(name)}
     options = inputs.options
     if inputs.workspace is not None:
+        cancel.check()
         options = _upload_workspace(
             env, inputs, inputs.workspace, aws.client("s3", session=session), commands
         )
@@ -495,6 +628,7 @@ def _run(env: Mapping[str, str], commands: WorkflowCommands) -> int:
         commands=commands,
         checks=lambda: _make_check_reporter(inputs, env),
         describe_image_digest=digest,
+        cancel=cancel,
     )
     build, status = build_run.run()
     outputs = outputs_for(build, status, request)

@@ -16,9 +16,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -37,6 +36,8 @@ PROJECT = "codebuild-flex"
 ECR_REPO = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web"
 DIGEST = "sha256:" + "ab" * 32
 TOKEN = "ghs_actionsTokenValue0123456789abcdef"  # a value that must never leak
+# An upper bound for one Action run, not an expected duration: a loaded machine can be slow.
+PROCESS_TIMEOUT = 300.0
 
 
 @dataclass
@@ -127,7 +128,7 @@ def collect(tmp_path: Path, returncode: int, stdout: str, stderr: str) -> Action
     )
 
 
-def run_action(env: Mapping[str, str], tmp_path: Path, timeout: float = 60) -> ActionRun:
+def run_action(env: Mapping[str, str], tmp_path: Path, timeout: float = PROCESS_TIMEOUT) -> ActionRun:
     try:
         done = subprocess.run(
             [sys.executable, str(ENTRYPOINT)],
@@ -406,37 +407,181 @@ def test_a_literal_credential_in_env_vars_is_refused_before_anything_starts(
     assert codebuild_double.requests == []
 
 
+# --- cancellation: the runner's SIGINT/SIGTERM at each stage ----------------------------------------------
+#
+# Each test signals a real entrypoint.py at a point it knows the process has reached because a fake
+# has the request in hand (a Hold) or has recorded it: never after a sleep. Timeouts are upper bounds.
+
+
+class ActionProcess:
+    """entrypoint.py running in the background, as the runner starts it; killed by PID if left over."""
+
+    def __init__(self, env: Mapping[str, str], tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.process = subprocess.Popen(
+            [sys.executable, str(ENTRYPOINT)],
+            env=dict(env),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def send(self, sig: signal.Signals) -> None:
+        assert self.process.poll() is None, "the Action ended before it was signalled"
+        self.process.send_signal(sig)
+
+    def finish(self, timeout: float = PROCESS_TIMEOUT) -> ActionRun:
+        try:
+            stdout, stderr = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            stdout, stderr = self.process.communicate()
+            pytest.fail(f"the Action did not finish in {timeout} s; its output:\n{stdout}\n{stderr}")
+        return collect(self.tmp_path, self.process.returncode, stdout, stderr)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture
+def start_action(tmp_path: Path) -> Iterator[Callable[[Mapping[str, str]], ActionProcess]]:
+    started: list[ActionProcess] = []
+
+    def start(env: Mapping[str, str]) -> ActionProcess:
+        started.append(ActionProcess(env, tmp_path))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.kill()
+
+
+def error_lines(run: ActionRun) -> list[str]:
+    return [unescape_command(line) for line in run.stdout.splitlines() if line.startswith("::error")]
+
+
+def assert_stopped_and_cancelled(
+    run: ActionRun, codebuild_double: CodeBuildDouble, github_api: FakeGitHub
+) -> str:
+    """Exit 130, the one build stopped, the check run completed as cancelled; returns the build id."""
+    assert run.returncode == 130, run.stdout + run.stderr
+    [stopped] = [call for call in codebuild_double.calls("StopBuild") if call.status == 200]
+    build_id = str(stopped.params["id"])
+    assert codebuild_double.build(build_id)["buildStatus"] == "STOPPED"
+    [error] = error_lines(run)
+    assert f"the workflow run was cancelled; build {build_id} was stopped" in error
+    checks = check_run_requests(github_api)
+    assert [method for method, _ in checks][:1] == ["POST"]
+    method, last = checks[-1]
+    assert (method, last["status"], last["conclusion"]) == ("PATCH", "completed", "cancelled")
+    return build_id
+
+
 def test_cancelling_the_workflow_stops_the_build_and_cancels_the_check(
-    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble, github_api: FakeGitHub
+    push_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    start_action: Callable[[Mapping[str, str]], ActionProcess],
 ) -> None:
     codebuild_double.script_next(Scenario(polls_per_phase={"BUILD": 100_000}, log_lines=build_lines()))
-    process = subprocess.Popen(
-        [sys.executable, str(ENTRYPOINT)],
-        env=push_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            builds = codebuild_double.calls("StartBuild")
-            if builds and codebuild_double.calls("BatchGetBuilds"):
-                break
-            time.sleep(0.1)
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    action = start_action(push_env)
+    codebuild_double.wait_for("BatchGetBuilds")
+    action.send(signal.SIGTERM)
+    run = action.finish()
 
-    assert process.returncode == 130, stdout + stderr
-    [stop] = codebuild_double.calls("StopBuild")
-    build_id = stop.params["id"]
+    assert_stopped_and_cancelled(run, codebuild_double, github_api)
+
+
+def test_sigterm_while_the_check_run_is_created_stops_the_build(
+    push_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    start_action: Callable[[Mapping[str, str]], ActionProcess],
+) -> None:
+    codebuild_double.script_next(Scenario(polls_per_phase=1000))
+    creating = github_api.hold("POST", "/repos/*/check-runs")
+    action = start_action(push_env)
+    creating.wait_arrived()
+    action.send(signal.SIGTERM)
+    creating.release()
+    run = action.finish()
+
+    assert_stopped_and_cancelled(run, codebuild_double, github_api)
+    assert codebuild_double.calls("BatchGetBuilds") == []  # checked before the first poll
+
+
+def test_sigterm_during_start_build_stops_the_build_once_it_exists(
+    push_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    start_action: Callable[[Mapping[str, str]], ActionProcess],
+) -> None:
+    codebuild_double.script_next(Scenario(polls_per_phase=1000))
+    starting = codebuild_double.hold("StartBuild")
+    action = start_action(push_env)
+    starting.wait_arrived()
+    action.send(signal.SIGTERM)
+    starting.release()
+    run = action.finish()
+
+    assert run.returncode == 130, run.stdout + run.stderr
+    [started] = codebuild_double.calls("StartBuild")
+    assert started.status == 200
+    [stopped] = codebuild_double.calls("StopBuild")
+    build_id = str(stopped.params["id"])
     assert codebuild_double.build(build_id)["buildStatus"] == "STOPPED"
-    assert check_run_requests(github_api)[-1][1]["conclusion"] == "cancelled"
+    assert f"build {build_id} was stopped" in error_lines(run)[0]
+    assert check_run_requests(github_api) == []  # no check run was left in progress: none was made
+
+
+def test_a_second_signal_does_not_abandon_a_throttled_stop_build(
+    push_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    start_action: Callable[[Mapping[str, str]], ActionProcess],
+) -> None:
+    codebuild_double.script_next(Scenario(polls_per_phase={"BUILD": 100_000}))
+    action = start_action(push_env)
+    codebuild_double.wait_for("BatchGetBuilds")
+    stopping = codebuild_double.hold("StopBuild")
+    codebuild_double.throttle(2, "StopBuild")
+    action.send(signal.SIGINT)  # the runner cancels with SIGINT, then SIGTERM
+    stopping.wait_arrived()
+    action.send(signal.SIGTERM)
+    stopping.release()
+    run = action.finish()
+
+    assert_stopped_and_cancelled(run, codebuild_double, github_api)
+    codes = [call.error_code for call in codebuild_double.calls("StopBuild")]
+    assert codes == ["ThrottlingException", "ThrottlingException", None]
+
+
+def test_an_error_while_following_the_build_stops_it_and_fails_the_check(
+    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble, github_api: FakeGitHub
+) -> None:
+    codebuild_double.script_next(Scenario(polls_per_phase={"BUILD": 100_000}))
+    codebuild_double.fail("BatchGetBuilds", "AccessDeniedException")
+    run = run_action(push_env, tmp_path)
+
+    assert run.returncode == 1, run.stdout + run.stderr
+    [error] = error_lines(run)
+    assert "BatchGetBuilds" in error
+    assert "AccessDeniedException" in error
+    [stopped] = codebuild_double.calls("StopBuild")
+    build_id = str(stopped.params["id"])
+    assert codebuild_double.build(build_id)["buildStatus"] == "STOPPED"
+    assert any(
+        line.startswith("::warning") and f"following build {build_id}: stopping the build" in line
+        for line in run.stdout.splitlines()
+    )
+    method, last = check_run_requests(github_api)[-1]
+    assert (method, last["status"], last["conclusion"]) == ("PATCH", "completed", "failure")
+    assert last["output"]["title"].startswith("The Action failed, so the build was stopped")
 
 
 def test_a_token_without_checks_permission_warns_and_the_build_still_runs(
@@ -734,28 +879,17 @@ def test_a_failed_build_in_the_batch_fails_the_job(
 
 
 def test_cancelling_a_batch_stops_the_batch(
-    tmp_path: Path, push_env: dict[str, str], codebuild_double: CodeBuildDouble
+    push_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    start_action: Callable[[Mapping[str, str]], ActionProcess],
 ) -> None:
     codebuild_double.script_next_batch(BatchScenario({"slow": Scenario(polls_per_phase=1000)}))
-    env = {**push_env, "INPUT_BATCH": "true", "INPUT_BUILDSPEC": BATCH_BUILDSPEC}
-    process = subprocess.Popen(
-        [sys.executable, str(ENTRYPOINT)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(codebuild_double.calls("BatchGetBuildBatches")) < 3:
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, out
+    action = start_action({**push_env, "INPUT_BATCH": "true", "INPUT_BUILDSPEC": BATCH_BUILDSPEC})
+    codebuild_double.wait_for("BatchGetBuildBatches", 3)
+    action.send(signal.SIGTERM)
+    run = action.finish()
+
+    assert run.returncode == 130, run.stdout + run.stderr
     [stop] = codebuild_double.calls("StopBuildBatch")
     assert codebuild_double.batch(stop.params["id"])["buildBatchStatus"] == "STOPPED"
     assert codebuild_double.calls("StopBuild") == []

@@ -91,7 +91,7 @@ def test_the_catalogue_finds_every_kind_of_message(kind: str) -> None:
         # A message built in a variable first, then raised by a helper.
         ("bridge/builders/codebuild.py", "BuilderError", "CodeBuild …", None),
         # The Action's own workflow command.
-        ("bridge/action.py", "::error::", "the workflow run was cancelled; the build was stopped", None),
+        ("bridge/action.py", "::error::", "the workflow run was cancelled; …", None),
         # A reason returned from a routing helper, not passed to Ignored() directly.
         ("bridge/routing.py", "ignored", "branch … not in routes[…].branches", None),
     ],

@@ -42,6 +42,7 @@ from botocore.validate import ParamValidator
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.fakes.hold import Hold
 from tests.fakes.quiet import QuietRequestHandler
 
 if TYPE_CHECKING:
@@ -629,6 +630,7 @@ class CodeBuildDouble:
         self.region = region
         self._clock = clock
         self._lock = threading.RLock()
+        self._recorded = threading.Condition(self._lock)
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.reset()
@@ -651,6 +653,7 @@ class CodeBuildDouble:
             self.not_found: dict[str, int] = {}  # build id → BatchGetBuilds answers that listed it not found
             self._allowed: frozenset[str] | None = None
             self._elapsed = 0.0  # seconds advance() added to the clock
+            self._holds: list[Hold] = []
 
     def script_project(self, project: str, scenario: Scenario) -> None:
         """Every later build of `project` (unless a script_next scenario is queued) plays `scenario`."""
@@ -714,6 +717,38 @@ class CodeBuildDouble:
         """StartBuild on `project` answers ResourceNotFoundException, as for a deleted project."""
         with self._lock:
             self._missing.add(project)
+
+    def hold(self, operation: str, *, timeout: float = 120.0) -> Hold:
+        """The next `operation` request waits inside the double until the returned Hold is released."""
+        hold = Hold(operation, timeout)
+        with self._lock:
+            self._holds.append(hold)
+        return hold
+
+    def wait_for(
+        self,
+        operation: str,
+        count: int = 1,
+        *,
+        timeout: float = 120.0,
+        where: Callable[[Recorded], bool] = lambda recorded: True,
+    ) -> list[Recorded]:
+        """Block until `count` answered `operation` requests matching `where` are recorded; return them.
+
+        Tests synchronise with a process under test on this (a request it made), never on a sleep;
+        `timeout` is only an upper bound for a process that never gets there.
+        """
+        with self._recorded:
+            done = self._recorded.wait_for(
+                lambda: len([r for r in self.requests if r.operation == operation and where(r)]) >= count,
+                timeout=timeout,
+            )
+            matching = [r for r in self.requests if r.operation == operation and where(r)]
+        if not done:
+            raise AssertionError(
+                f"{len(matching)} of {count} {operation} requests reached the double in {timeout} s"
+            )
+        return matching
 
     def calls(self, operation: str) -> list[Recorded]:
         with self._lock:
@@ -824,6 +859,12 @@ class CodeBuildDouble:
             protocol, operation = "json", request.headers["X-Amz-Target"].removeprefix(f"{TARGET_PREFIX}.")
         else:
             return Response("not a CodeBuild request", status=404)
+        with self._lock:
+            hold = next((h for h in self._holds if h.what == operation), None)
+            if hold is not None:
+                self._holds.remove(hold)
+        if hold is not None:
+            hold.block()
         params: dict[str, Any] = {}
         try:
             params = self._decode(protocol, request)
@@ -841,7 +882,7 @@ class CodeBuildDouble:
             error = exc
             response = self._encode(protocol, None, {"__type": exc.code, "message": exc.message}, exc.status)
         attempt = request.headers.get("amz-sdk-request", "")
-        with self._lock:
+        with self._recorded:
             self.requests.append(
                 Recorded(
                     operation=operation,
@@ -855,6 +896,7 @@ class CodeBuildDouble:
                     user_agent=request.headers.get("User-Agent", ""),
                 )
             )
+            self._recorded.notify_all()
         return response
 
     def _decode(self, protocol: str, request: Request) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, Response, g, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from tests.fakes.hold import Hold
 from tests.fakes.quiet import QuietRequestHandler
 from tests.fixtures import GITHUB_OPENAPI
 
@@ -245,6 +246,8 @@ class FakeGitHub:
         self._faults: list[_Fault] = []
         self._ids = itertools.count(1001)
         self._lock = threading.Lock()
+        self._recorded = threading.Condition(self._lock)
+        self._holds: list[tuple[str, str, Hold]] = []  # (method, path glob, hold)
         self._operations = operations()
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -325,6 +328,33 @@ class FakeGitHub:
             )
             part["repo"]["owner"].update(login=owner)
         self.pulls[(repository.lower(), number)] = data
+
+    def hold(self, method: str, path: str, *, timeout: float = 120.0) -> Hold:
+        """The next `method` request whose path matches the glob `path` waits until the Hold is released."""
+        hold = Hold(f"{method} {path}", timeout)
+        with self._lock:
+            self._holds.append((method, path, hold))
+        return hold
+
+    def wait_for(
+        self, method: str, path: str, count: int = 1, *, timeout: float = 120.0
+    ) -> list[RecordedRequest]:
+        """Block until `count` answered `method` requests on the glob `path` are recorded; return them.
+
+        How a test synchronises with a process under test (on a request it made), never a sleep.
+        """
+
+        def matching() -> list[RecordedRequest]:
+            return [r for r in self.requests if r.method == method and fnmatch.fnmatchcase(r.path, path)]
+
+        with self._recorded:
+            done = self._recorded.wait_for(lambda: len(matching()) >= count, timeout=timeout)
+            found = matching()
+        if not done:
+            raise AssertionError(
+                f"{len(found)} of {count} {method} {path} requests reached the fake in {timeout} s"
+            )
+        return found
 
     def calls(self) -> list[tuple[str, str, int]]:
         """(method, path, status) of every request so far, in order."""
@@ -407,8 +437,9 @@ class FakeGitHub:
                 identity=identity.label if identity else None,
                 status=response.status_code,
             )
-            with self._lock:
+            with self._recorded:
                 self.requests.append(entry)
+                self._recorded.notify_all()
             return response
 
         return app
@@ -417,6 +448,19 @@ class FakeGitHub:
         """Faults, request validation and auth, in the order GitHub's edge applies them."""
 
         def view(**params: Any) -> Response:
+            with self._lock:
+                held = next(
+                    (
+                        entry
+                        for entry in self._holds
+                        if entry[0] == request.method and fnmatch.fnmatchcase(request.path, entry[1])
+                    ),
+                    None,
+                )
+                if held is not None:
+                    self._holds.remove(held)
+            if held is not None:
+                held[2].block()
             body = request.get_json(silent=True)
             problems = self._request_problems(op, body)
             fault = self._take_fault()
