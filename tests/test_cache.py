@@ -154,6 +154,7 @@ def test_buildx_builds_with_a_registry_cache_and_pushes_by_itself(tmp_path: Path
             "--cache-from", f"type=registry,ref={REPO}:buildcache-main",
             "--cache-to",
             f"type=registry,ref={REPO}:buildcache-feature-login,mode=max,image-manifest=true,oci-mediatypes=true",
+            "--provenance", "mode=max", "--sbom", "true",
             "--push", "--metadata-file", "<file>", ".",
         ]
     ]  # fmt: skip
@@ -203,6 +204,10 @@ def test_no_cache_flags_without_a_registry_cache(tmp_path: Path, mode: CacheMode
                 "Dockerfile",
                 "--tag",
                 f"{REPO}:1",
+                "--provenance",
+                "mode=max",
+                "--sbom",
+                "true",
                 "--push",
                 "--metadata-file",
                 "<file>",
@@ -247,3 +252,15 @@ def test_github_pushes_carry_the_default_branch_for_the_cache_fallback() -> None
     env = {"GITHUB_REPOSITORY": "octo/app", "GITHUB_SHA": "a" * 40, "GITHUB_REF": "refs/heads/x",
            "GITHUB_EVENT_NAME": "push", "GITHUB_SERVER_URL": "https://github.com"}  # fmt: skip
     assert from_actions(env, {"repository": {"default_branch": "trunk"}}).default_branch == "trunk"
+
+
+def test_attestations_are_on_with_buildx_and_can_be_turned_off(tmp_path: Path) -> None:
+    env = env_of(FEATURE, BuildOptions("p", image_repository=REPO, cache="none"))
+    for name in ("off", "classic"):
+        (tmp_path / name).mkdir()
+    docker, _ = docker_calls(tmp_path / "off", {**env, "FAKE_BUILDX": "1", "BRIDGE_ATTESTATIONS": "0"})
+    build = next(args for args in docker if args[:2] == ["buildx", "build"])
+    assert "--provenance" not in build
+    assert "--sbom" not in build
+    classic, _ = docker_calls(tmp_path / "classic", env)  # no buildx: nothing to attach them with
+    assert all("--provenance" not in args for args in classic)
