@@ -9,11 +9,13 @@ clients at moto and the CodeBuild double.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
 import botocore.exceptions
+import botocore.session
 from botocore.config import Config
 
 from bridge import __version__
@@ -40,9 +42,27 @@ DEFAULT_REGION_HINT = "set AWS_REGION (or AWS_DEFAULT_REGION), or pass the regio
 _ECR_REGISTRY = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?$")
 
 
+def resolve_region(configured: str | None = None) -> str | None:
+    """The region: the one configured, then `AWS_REGION`, then `AWS_DEFAULT_REGION`, then the profile's.
+
+    botocore's own chain covers the last two; `AWS_REGION` is what configure-aws-credentials, ECS
+    and Lambda set, and botocore does not read it. None when nothing names one.
+    """
+    if configured and configured.strip():
+        return configured.strip()
+    from_env = os.environ.get("AWS_REGION", "").strip()
+    if from_env:
+        return from_env
+    try:
+        region = botocore.session.Session().get_config_variable("region")
+    except botocore.exceptions.ProfileNotFound:
+        return None
+    return str(region) if region else None
+
+
 def session(*, region: str | None = None) -> boto3.session.Session:
     """A session on the standard credential chain; an empty region (an unset input) means "the default"."""
-    return boto3.session.Session(region_name=region or None)
+    return boto3.session.Session(region_name=resolve_region(region))
 
 
 def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS, *, timeout: float | None = None) -> Config:
@@ -117,6 +137,7 @@ def client(
     region: str | None = ...,
     session: boto3.session.Session | None = ...,
     max_attempts: int = ...,
+    timeout: float | None = ...,
 ) -> DynamoDBClient: ...
 @overload
 def client(
@@ -125,6 +146,7 @@ def client(
     region: str | None = ...,
     session: boto3.session.Session | None = ...,
     max_attempts: int = ...,
+    timeout: float | None = ...,
 ) -> Any: ...
 def client(
     service: str,
@@ -135,7 +157,10 @@ def client(
     timeout: float | None = None,
 ) -> Any:
     """A boto3 client with bridge's retry policy; the region defaults to the session's."""
-    session = session if session is not None else boto3.session.Session()
+    if session is None:
+        session, region = boto3.session.Session(), resolve_region(region)
+    else:  # a session made with a region (aws.session() resolves it) keeps it
+        region = region or session.region_name or resolve_region()
     config = client_config(max_attempts, timeout=timeout)
     try:
         return session.client(service, region_name=region, config=config)  # type: ignore[call-overload]
@@ -157,7 +182,7 @@ def check_credentials(session: boto3.session.Session, *, hint: str = DEFAULT_CRE
 
 def region_of(session: boto3.session.Session, *, hint: str = DEFAULT_REGION_HINT) -> str:
     """The session's region; builds, log links and ARNs all need one, so none is an error."""
-    region = session.region_name
+    region = session.region_name or resolve_region()
     if not region:
         raise ConfigError("no AWS region configured", hint=hint)
     return region

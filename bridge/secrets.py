@@ -203,7 +203,13 @@ class SecretStore:
                         f"{_where(key)}a secretsmanager: reference needs AWS access, and none is configured",
                         hint="run with AWS credentials and a region, or use an env: reference",
                     )
-                self._client = self._client_factory()
+                try:
+                    self._client = self._client_factory()
+                except ConfigError as exc:  # no region: the backend is unavailable, not the request bad
+                    raise SecretError(
+                        f"{_where(key)}Secrets Manager is unavailable: {exc.message}",
+                        hint="set [aws] region in the config, or AWS_REGION in the server's environment",
+                    ) from None
             return self._client
 
     def _fetch(self, name: str, key: str) -> Secret:

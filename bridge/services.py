@@ -10,7 +10,6 @@ no credentials and no network, as the README's first command does.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import urllib.request
@@ -385,12 +384,10 @@ def confirm_sns_subscription(url: str) -> None:
 
 
 def default_region(config: Config) -> str:
-    return (
-        config.aws.region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or "us-east-1"
-    )
+    """For console links and ARNs when a record names none; the AWS clients resolve their own."""
+    from bridge import aws
+
+    return aws.resolve_region(config.aws.region) or "us-east-1"
 
 
 def secretsmanager_factory(region: str | None) -> Callable[[], Any]:

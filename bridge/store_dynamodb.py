@@ -177,7 +177,9 @@ class DynamoStore:
         if client is None:
             from bridge import aws
 
-            client = aws.client("dynamodb", region=region)
+            # A delivery's sender waits on these calls (GitHub gives up after 10 s): two short
+            # attempts, then a 503 it retries, not botocore's 60 s read timeout.
+            client = aws.client("dynamodb", region=region, max_attempts=2, timeout=2.0)
         self._client = client
         self._table = table
         self._clock = clock

@@ -163,3 +163,24 @@ def test_ecr_unreachable_is_retryable(aws_env: dict[str, str], monkeypatch: pyte
     with pytest.raises(BuilderError) as caught:
         aws.ecr_image_digest(ecr, "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:abc")
     assert caught.value.retryable
+
+
+@pytest.mark.usefixtures("bare_env")
+def test_the_region_comes_from_the_config_then_aws_region_then_aws_default_region_then_the_profile(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nregion = ap-southeast-2\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    assert aws.resolve_region() == "ap-southeast-2"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-north-1")
+    assert aws.resolve_region() == "eu-north-1"
+    monkeypatch.setenv("AWS_REGION", "ca-central-1")
+    assert aws.resolve_region() == "ca-central-1"
+    assert aws.session().region_name == "ca-central-1"
+    assert aws.client("logs").meta.region_name == "ca-central-1"
+    assert aws.resolve_region("us-west-2") == "us-west-2"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "absent"))
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    assert aws.resolve_region() is None

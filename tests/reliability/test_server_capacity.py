@@ -20,9 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from tests.e2e.support import (
+    GITHUB_SECRET,
+    REGION,
     config_text,
     github_delivery,
     github_payload,
@@ -52,23 +55,40 @@ def serve(
     """Starts `bridge serve` with env: secret references; `server_extra` adds lines to [server]."""
     started: list[Server] = []
 
-    def start(*, max_body_bytes: int = MAX_BODY, server_extra: str = "", threads: int = 4) -> Server:
+    def start(
+        *,
+        max_body_bytes: int = MAX_BODY,
+        server_extra: str = "",
+        threads: int = 4,
+        refs: str = "env",
+        region: bool = True,
+        env_changes: dict[str, str | None] | None = None,
+    ) -> Server:
+        """`region` False: no [aws] region in the file; `env_changes`: variables set, or unset (None)."""
         text = config_text(
             github_url=github_api.url,
             gitlab_url=gitlab_api.url,
             state_path="state.sqlite3",
             max_body_bytes=max_body_bytes,
+            refs=refs,
         )
         if server_extra:
             text = text.replace("[server]\n", f"[server]\n{server_extra}\n", 1)
+        if not region:
+            text = text.replace(f'[aws]\nregion = "{REGION}"\n', "", 1)
         config_path = tmp_path / "bridge.toml"
         config_path.write_text(text)
-        env = {
+        env: dict[str, str] = {
             **os.environ,
             **aws_env,
             **secret_env(github_app_key=github_api.app_keys.private_key_pem, gitlab_token=gitlab_api.token),
             "PYTHONUNBUFFERED": "1",
         }
+        for name, value in (env_changes or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         server = Server(config_path, tmp_path / "server.log", env, free_port(), threads=threads)
         started.append(server)
         server.start()
@@ -326,3 +346,48 @@ def test_bodies_in_flight_are_bounded_and_a_signed_delivery_still_gets_through(s
     assert accepted[:2] == (202, {"delivery": "after-forged", "route": "hello"})
     # 16 bodies of 25 MiB, 400 MiB together; held at once: the budget, and the copies handling makes
     assert (peak - before) * 1024 < 4 * budget, (before, peak)
+
+
+# -- AWS: region and credentials -----------------------------------------------------------------
+
+
+def readyz(server: Server) -> tuple[int, dict[str, Any]]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=CLIENT_TIMEOUT)
+    try:
+        connection.request("GET", "/readyz")
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_aws_region_alone_names_the_region(serve: Serve, codebuild_double: CodeBuildDouble) -> None:
+    """The variable configure-aws-credentials, ECS and Lambda set, with no region in the file."""
+    boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name="bridge/github-webhook", SecretString=GITHUB_SECRET
+    )
+    server = serve(refs="secretsmanager", region=False, env_changes={"AWS_DEFAULT_REGION": None})
+    accepted = post(server, *signed_push("region-from-aws-region"))
+    wait_for(lambda: bool(codebuild_double.calls("StartBuild")), SENDER_TIMEOUT, "the build", server.log_path)
+
+    assert accepted[:2] == (202, {"delivery": "region-from-aws-region", "route": "hello"})
+
+
+def test_no_region_or_no_credentials_is_503_with_a_reason_never_500(serve: Serve, tmp_path: Path) -> None:
+    no_region = serve(
+        refs="secretsmanager", region=False, env_changes={"AWS_DEFAULT_REGION": None, "AWS_REGION": None}
+    )
+    without_region = post(no_region, *signed_push("no-region"))
+    no_region.stop_hard()
+    no_credentials = serve(
+        refs="secretsmanager", env_changes={"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}
+    )
+    without_credentials = post(no_credentials, *signed_push("no-credentials"))
+    not_ready = readyz(no_credentials)
+
+    assert without_region[0] == 503, without_region
+    assert "no AWS region" in without_region[1]["error"] or "region" in without_region[1]["hint"]
+    assert without_credentials[0] == 503, without_credentials
+    assert "no AWS credentials" in without_credentials[1]["error"], without_credentials
+    assert without_credentials[2] < SENDER_TIMEOUT
+    assert not_ready[0] == 503, not_ready
