@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from bridge import events
 from bridge.builders.base import Builder
 from bridge.core.cache import parse_cache_mode
+from bridge.core.platforms import parse_platforms
 from bridge.errors import BridgeError, InputError, ReporterError
 from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, RegistryAuth, SourceEvent
 from bridge.plan import parse_bool, parse_env_vars, plan_build, registry_env
@@ -218,6 +219,7 @@ def read_inputs(env: Mapping[str, str]) -> ActionInputs:
         batch=parse_bool(_input(env, "batch") or "false", input_name="batch"),
         registry=_registry_auth(env),
         cache=parse_cache_mode(_input(env, "cache") or "registry"),
+        platforms=parse_platforms(_input(env, "platforms")),
     )
     return ActionInputs(
         project_name=project,

@@ -22,6 +22,8 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, cast
 from urllib.parse import urlsplit
 
+from bridge.core.platforms import PLATFORMS_HINT, parse_platforms
+from bridge.core.platforms import SUPPORTED as SUPPORTED_PLATFORMS
 from bridge.errors import ConfigError, InputError
 from bridge.model import CacheMode, EnvVar, EventKind, ForkPolicy, Provider, SourceMode
 from bridge.plan import looks_like_credential, parse_env_vars
@@ -158,6 +160,7 @@ class Route:
     registry_credentials: SecretRef | None = None
     registry_server: str | None = None
     cache: CacheMode = "registry"
+    platforms: tuple[str, ...] = ()
 
     @property
     def context(self) -> str:
@@ -702,6 +705,15 @@ _ROUTE_KEYS = (
         "Fork builds read the cache but never write it.",
         default="registry",
         choices=("registry", "inline", "local", "none"),
+    ),
+    _Key(
+        "platforms",
+        "strings",
+        "Image platforms, each built natively: linux/arm64 alone runs on ARM_CONTAINER with an aarch64 "
+        "curated image; both are a batch of one build per platform (pushed as <tag>-amd64 / <tag>-arm64) "
+        "and a merge build that pushes the multi-platform index under the tag itself.",
+        default_doc="[] (the project's own platform)",
+        form='a list of "linux/amd64", "linux/arm64"',
     ),
 )
 
@@ -1322,7 +1334,18 @@ class _Reader:
             registry_credentials=values["registry_credentials"],
             registry_server=values["registry_server"],
             cache=values["cache"],
+            platforms=self.platforms(values["platforms"], f"{path}.platforms"),
         )
+
+    def platforms(self, value: object, where: str) -> tuple[str, ...]:
+        if not isinstance(value, tuple):
+            return ()
+        bad = [
+            (i, item) for i, item in enumerate(value) if str(item).strip().lower() not in SUPPORTED_PLATFORMS
+        ]
+        for i, item in bad:
+            self.error(f"{where}[{i}]", f"unsupported platform '{item}'", hint=PLATFORMS_HINT)
+        return () if bad else parse_platforms(value, input_name=where)
 
     def globs(self, patterns: object, where: str) -> None:
         if not isinstance(patterns, tuple):

@@ -123,6 +123,7 @@ class BuildOptions:
     registry: RegistryAuth | None = None  # explicit registry login; None: the build role (ECR) or nothing
     cache: CacheMode = "registry"  # layer cache of the packaged image buildspecs (bridge.core.cache)
     cache_write: bool = True  # False: read the cache only (a fork never writes, whatever this says)
+    platforms: tuple[str, ...] = ()  # linux/amd64, linux/arm64: each built natively (bridge.core.platforms)
 
 
 @dataclass(frozen=True)

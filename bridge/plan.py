@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.core.cache import LOCAL_CACHE_OVERRIDE, plan_cache
+from bridge.core.platforms import ARCH_SUFFIX, MAX_TAG, is_multi, native_overrides
 from bridge.errors import ConfigError, InputError
 from bridge.model import BuildOptions, BuildRequest, EnvVar, RegistryAuth, SourceEvent
 
@@ -347,6 +348,10 @@ def plan_build(
         bridge_env += cache.env()
 
     buildspec = options.buildspec or None
+    multi = is_multi(options.platforms)
+    if multi:
+        _check_multi_platform(options, image_uri, clone_mode=clone_mode)
+        buildspec = packaged_buildspec("buildspec-multiarch.yml")
     if clone_mode:
         bridge_env += _clone_env(event, options)
         kwargs["sourceTypeOverride"] = "NO_SOURCE"
@@ -392,11 +397,34 @@ def plan_build(
         if key in _PROTECTED_KWARGS:
             raise InputError("overrides", f"cannot override {key}", hint="set it through its own option")
         kwargs[key] = value
-    if options.batch:
+    for key, value in native_overrides(options.platforms, options.build_image).items():
+        kwargs[key] = value
+    batch = options.batch or multi
+    if batch:
         start_build_batch_kwargs(kwargs)  # fail now, not after a context upload, on a build-only parameter
         idempotency_seed += "\nbatch"  # a batch and a single build of one request are two different starts
     kwargs["idempotencyToken"] = idempotency_token(idempotency_seed, kwargs)
-    return BuildRequest(start_build_kwargs=kwargs, image_uri=image_uri, batch=options.batch)
+    return BuildRequest(start_build_kwargs=kwargs, image_uri=image_uri, batch=batch)
+
+
+def _check_multi_platform(options: BuildOptions, image_uri: str | None, *, clone_mode: bool) -> None:
+    """Several platforms are built by the packaged multi-platform batch: it needs an image to push and
+    owns the buildspec."""
+    if image_uri is None:
+        raise InputError("platforms", "several platforms need an image to build", hint="set image-repository")
+    if options.buildspec or clone_mode:
+        raise InputError(
+            "platforms",
+            "several platforms are built by the packaged multi-platform buildspec, not "
+            + ("GitLab clone mode" if clone_mode else "a buildspec of your own"),
+            hint="remove buildspec (or use a batch section of your own with batch: true)",
+        )
+    if len(image_uri.rpartition(":")[2]) + ARCH_SUFFIX > MAX_TAG:
+        raise InputError(
+            "image-tag",
+            "is too long for the per-platform tags (<tag>-arm64)",
+            hint="use at most 122 characters",
+        )
 
 
 def _add_s3_source(kwargs: dict[str, Any], options: BuildOptions) -> None:

@@ -166,4 +166,5 @@ def build_options(route: Route, event: SourceEvent) -> BuildOptions:
             else None
         ),
         cache=route.cache,
+        platforms=route.platforms,
     )

@@ -1168,6 +1168,10 @@ if name == "docker" and args[:1] == ["inspect"]:
     print("ghcr.io/o/r@sha256:" + "ab" * 32)
 if name == "docker" and args[:1] == ["buildx"] and os.environ.get("FAKE_BUILDX") != "1":
     sys.exit(1)  # the classic client: no buildx plugin
+if name == "docker" and args[:2] == ["manifest", "push"]:
+    print("sha256:" + "ef" * 32)
+if name == "docker" and args[:3] == ["buildx", "imagetools", "inspect"]:
+    print('"sha256:' + "fe" * 32 + '"')
 if name == "docker" and args[:2] == ["buildx", "build"]:
     metadata = args[args.index("--metadata-file") + 1]
     with open(metadata, "w") as out:

@@ -1,0 +1,45 @@
+"""Which CodeBuild hosts build which image platforms: natively, never under emulation.
+
+One platform is one build on the matching compute: linux/arm64 runs on ARM_CONTAINER with an aarch64
+curated image. Two platforms are a batch (the packaged buildspec-multiarch.yml): one native build per
+platform, each pushing `<tag>-<arch>`, then a merge build that makes the multi-platform index under the
+tag itself and exports its digest.
+"""
+
+from __future__ import annotations
+
+import re
+
+from bridge.errors import InputError
+
+SUPPORTED = ("linux/amd64", "linux/arm64")
+ARM_IMAGE = "aws/codebuild/amazonlinux-aarch64-standard:3.0"
+PLATFORMS_HINT = "linux/amd64, linux/arm64 or both (comma-separated); each is built natively"
+MAX_TAG = 128
+ARCH_SUFFIX = len("-arm64")
+
+
+def parse_platforms(
+    value: str | list[str] | tuple[str, ...], *, input_name: str = "platforms"
+) -> tuple[str, ...]:
+    items = re.split(r"[,\s]+", value) if isinstance(value, str) else list(value)
+    platforms: list[str] = []
+    for item in (i.strip().lower() for i in items):
+        if not item:
+            continue
+        if item not in SUPPORTED:
+            raise InputError(input_name, f"unsupported platform '{item}'", hint=PLATFORMS_HINT)
+        if item not in platforms:
+            platforms.append(item)
+    return tuple(sorted(platforms))
+
+
+def is_multi(platforms: tuple[str, ...]) -> bool:
+    return len(platforms) > 1
+
+
+def native_overrides(platforms: tuple[str, ...], build_image: str | None) -> dict[str, str]:
+    """StartBuild overrides for a single-platform build on the platform's own hardware."""
+    if platforms == ("linux/arm64",):
+        return {"environmentTypeOverride": "ARM_CONTAINER", "imageOverride": build_image or ARM_IMAGE}
+    return {}
