@@ -27,7 +27,7 @@ from gunicorn.glogging import Logger as GunicornLogger  # type: ignore[import-un
 
 from bridge.app import WORKER_KEY, create_app
 from bridge.config import Config
-from bridge.errors import InputError
+from bridge.errors import BridgeError, InputError
 from bridge.intake import IntakeWorker
 from bridge.logs import LOGGED_BY_APP, current_formatter
 from bridge.operator_page import is_loopback
@@ -69,6 +69,29 @@ class LineLogger(GunicornLogger):  # type: ignore[misc]  # gunicorn ships no typ
         )
 
 
+def warn_without_aws(config: Config) -> None:
+    """Say at start-up, once, what would otherwise show only when the first build cannot start:
+    no AWS credentials or no region for the routes that build on CodeBuild. A warning, not an exit:
+    deliveries are still accepted and kept, and build once the server is given what it lacks."""
+    if not any(route.builder == "codebuild" for route in config.routes):
+        return
+    from bridge import aws
+
+    if aws.resolve_region(config.aws.region) is None:
+        log.warning(
+            "no AWS region: CodeBuild builds cannot start",
+            extra={"hint": "set [aws] region in the config, or AWS_REGION in the server's environment"},
+        )
+        return
+    try:
+        aws.check_credentials(aws.session(region=config.aws.region))
+    except BridgeError as exc:
+        log.warning(
+            "no AWS credentials: CodeBuild builds cannot start",
+            extra={"error": exc.message, "hint": exc.hint},
+        )
+
+
 def served_app(
     config: Config, *, host: str | None = None, make_services: Callable[[Config], Services] = build_services
 ) -> Flask:
@@ -78,6 +101,8 @@ def served_app(
     `make_services`: how each process makes its collaborators (`bridge demo` passes stand-ins).
     """
     services = make_services(config)
+    if make_services is build_services:
+        warn_without_aws(config)
     worker = WorkerProcess(
         lambda: Worker(make_services(config)), Worker(services), stop_timeout=GRACEFUL_TIMEOUT_SECONDS
     )

@@ -379,11 +379,17 @@ def test_no_region_or_no_credentials_is_503_with_a_reason_never_500(serve: Serve
     )
     without_region = post(no_region, *signed_push("no-region"))
     no_region.stop_hard()
+    no_region_log = no_region.log_path.read_text()
+    no_region.log_path.write_text("")  # the next server logs to the same file
     no_credentials = serve(
         refs="secretsmanager", env_changes={"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}
     )
     without_credentials = post(no_credentials, *signed_push("no-credentials"))
     not_ready = readyz(no_credentials)
+    region_warned = "no AWS region: CodeBuild builds cannot start" in no_region_log
+    credentials_warned = (
+        "no AWS credentials: CodeBuild builds cannot start" in no_credentials.log_path.read_text()
+    )
 
     assert without_region[0] == 503, without_region
     assert "no AWS region" in without_region[1]["error"] or "region" in without_region[1]["hint"]
@@ -391,3 +397,5 @@ def test_no_region_or_no_credentials_is_503_with_a_reason_never_500(serve: Serve
     assert "no AWS credentials" in without_credentials[1]["error"], without_credentials
     assert without_credentials[2] < SENDER_TIMEOUT
     assert not_ready[0] == 503, not_ready
+    assert region_warned  # said at start-up, before any delivery
+    assert credentials_warned
