@@ -354,6 +354,25 @@ def _failing_phase(build: BuildRecord) -> Mapping[str, Any] | None:
     return None
 
 
+def image_report(build: BuildRecord) -> list[str]:
+    """What the packaged image buildspec measured and exported: steps from the layer cache, the
+    image's size, the platform, the attestations attached (each only when the build exported it)."""
+    facts: list[str] = []
+    cached, steps = _exported(build, "BRIDGE_CACHED_STEPS"), _exported(build, "BRIDGE_BUILD_STEPS")
+    if cached is not None and steps is not None and cached.isdigit() and steps.isdigit():
+        facts.append(f"Layer cache: {cached} of {steps} build steps cached")
+    size = _exported(build, "IMAGE_SIZE")
+    if size is not None and size.isdigit():
+        facts.append(f"Image size: {int(size) / 1e6:.1f} MB")
+    platform = _exported(build, "BRIDGE_PLATFORM")
+    if platform:
+        facts.append(f"Platform: `{_cell(platform).replace('`', '')}`")
+    attested = _exported(build, "BRIDGE_ATTESTED")
+    if attested:
+        facts.append(f"Attestations: {_cell(attested)}")
+    return facts
+
+
 def _exported(build: BuildRecord, name: str) -> str | None:
     variables = build.get("exportedEnvironmentVariables")
     if not isinstance(variables, Sequence):
@@ -564,6 +583,9 @@ def _summary(
         facts.append(f"Digest: `{_cell(image_digest).replace('`', '')}`")
     if facts:
         header.append(" · ".join(facts))
+    report = image_report(build)
+    if report:
+        header.append(" · ".join(report))
     if phases:
         header.append(_phase_table(phases, done=done))
     console, logs = links

@@ -78,7 +78,8 @@ def test_push_and_digest_export_are_real(
     found = registry.manifest("octo/app", SHA)
     assert found is not None, result.log
     digest, _ = found
-    assert result.exported == {"IMAGE_URI": f"{registry.address}/octo/app:{SHA}", "IMAGE_DIGEST": digest}
+    assert result.exported["IMAGE_URI"] == f"{registry.address}/octo/app:{SHA}"
+    assert result.exported["IMAGE_DIGEST"] == digest
 
 
 def test_registry_credentials_log_in_without_the_password_in_the_log(
@@ -137,6 +138,7 @@ def test_a_new_branch_on_a_fresh_host_reuses_the_default_branchs_cached_layers(
     """The expensive step writes random bytes: the same layer digest twice means it came from the cache."""
     repository = f"{registry.address}/octo/app"
     options = BuildOptions(project_name="p", image_repository=repository)
+    empty_builder(docker_client_env)  # nothing from earlier tests on this engine
     first = build(
         make_source(tmp_path / "one", EXPENSIVE_IMAGE, {"app.txt": "v1\n"}),
         docker_client_env,
@@ -163,6 +165,10 @@ def test_a_new_branch_on_a_fresh_host_reuses_the_default_branchs_cached_layers(
     assert layers_one[:2] == layers_two[:2]  # busybox and the expensive step: from the cache
     assert layers_one[2] != layers_two[2]  # the changed source
     assert registry.manifest("octo/app", "buildcache-feature-x") is not None
+    # the build report the check run shows: measured from the real BuildKit output
+    assert (first.exported["BRIDGE_CACHED_STEPS"], first.exported["BRIDGE_BUILD_STEPS"]) == ("0", "3")
+    assert (second.exported["BRIDGE_CACHED_STEPS"], second.exported["BRIDGE_BUILD_STEPS"]) == ("2", "3")
+    assert int(second.exported["IMAGE_SIZE"]) > 1_000_000  # busybox alone is over 1 MB
 
 
 def test_cache_none_rebuilds_every_layer_on_a_fresh_host(

@@ -1124,7 +1124,15 @@ def test_quote_checker_itself(script: str, bad: int) -> None:
 def test_buildspec_shape_and_quoting(name: str) -> None:
     spec = yaml.safe_load(packaged_buildspec(name))
     assert str(spec["version"]) == "0.2"
-    assert spec["env"]["exported-variables"] == ["IMAGE_URI", "IMAGE_DIGEST"]
+    assert spec["env"]["exported-variables"] == [
+        "IMAGE_URI",
+        "IMAGE_DIGEST",
+        "IMAGE_SIZE",
+        "BRIDGE_CACHED_STEPS",
+        "BRIDGE_BUILD_STEPS",
+        "BRIDGE_PLATFORM",
+        "BRIDGE_ATTESTED",
+    ]
     assert spec["env"]["shell"] == "bash"
     commands = _commands(name)
     assert commands
@@ -1254,9 +1262,10 @@ def test_image_buildspec_runs(
         assert logins[0]["stdin"] == ("ecr-password\n" if aws_args else extra_env["REGISTRY_PASSWORD"])
     dockerfile = extra_env.get("DOCKERFILE", "Dockerfile")
     assert ["build", "--file", dockerfile, "--tag", image_uri, extra_env.get("DOCKER_CONTEXT", ".")] in docker
-    assert docker[-2:] == [
+    assert docker[-3:] == [
         ["push", image_uri],
         ["inspect", "--format", "{{index .RepoDigests 0}}", image_uri],
+        ["image", "inspect", "--format", "{{.Size}}", image_uri],
     ]
     assert digest == "sha256:" + "ab" * 32
 

@@ -705,3 +705,29 @@ def test_a_record_without_a_codebuild_arn_gets_no_console_link() -> None:
         record, id="flex:0f1e2d3c", arn="arn:aws:codebuild:eu-west-1:123456789012:build/flex:0f1e2d3c"
     )
     assert build_status(with_arn, region="eu-west-1").console_url.startswith("https://eu-west-1.console.aws")
+
+
+def test_the_summary_reports_what_the_image_buildspec_measured() -> None:
+    from bridge.status import build_status as _build_status
+
+    record = {
+        "id": "p:1",
+        "buildStatus": "SUCCEEDED",
+        "currentPhase": "COMPLETED",
+        "exportedEnvironmentVariables": [
+            {"name": "IMAGE_URI", "value": "ghcr.io/o/r:1"},
+            {"name": "IMAGE_DIGEST", "value": "sha256:" + "ab" * 32},
+            {"name": "IMAGE_SIZE", "value": "25300000"},
+            {"name": "BRIDGE_CACHED_STEPS", "value": "6"},
+            {"name": "BRIDGE_BUILD_STEPS", "value": "8"},
+            {"name": "BRIDGE_PLATFORM", "value": "linux/arm64"},
+            {"name": "BRIDGE_ATTESTED", "value": "SLSA provenance (mode=max), SBOM"},
+        ],
+    }
+    summary = _build_status(record, region="eu-west-1").summary
+    assert "Layer cache: 6 of 8 build steps cached" in summary
+    assert "Image size: 25.3 MB" in summary
+    assert "Platform: `linux/arm64`" in summary
+    assert "Attestations: SLSA provenance (mode=max), SBOM" in summary
+    plain = _build_status({**record, "exportedEnvironmentVariables": []}, region="eu-west-1").summary
+    assert "Layer cache" not in plain
