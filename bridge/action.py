@@ -29,6 +29,7 @@ from bridge import events
 from bridge.builders.base import Builder
 from bridge.core.cache import parse_cache_mode
 from bridge.core.platforms import parse_platforms
+from bridge.core.signing import parse_sign_key
 from bridge.errors import BridgeError, InputError, ReporterError
 from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, RegistryAuth, SourceEvent
 from bridge.plan import parse_bool, parse_env_vars, plan_build, registry_env
@@ -220,6 +221,7 @@ def read_inputs(env: Mapping[str, str]) -> ActionInputs:
         registry=_registry_auth(env),
         cache=parse_cache_mode(_input(env, "cache") or "registry"),
         platforms=parse_platforms(_input(env, "platforms")),
+        sign_key=parse_sign_key(_input(env, "sign")),
     )
     return ActionInputs(
         project_name=project,

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from bridge.core.platforms import PLATFORMS_HINT, parse_platforms
 from bridge.core.platforms import SUPPORTED as SUPPORTED_PLATFORMS
+from bridge.core.signing import SIGN_HINT, parse_sign_key
 from bridge.errors import ConfigError, InputError
 from bridge.model import CacheMode, EnvVar, EventKind, ForkPolicy, Provider, SourceMode
 from bridge.plan import looks_like_credential, parse_env_vars
@@ -161,6 +162,7 @@ class Route:
     registry_server: str | None = None
     cache: CacheMode = "registry"
     platforms: tuple[str, ...] = ()
+    sign: str | None = None
 
     @property
     def context(self) -> str:
@@ -705,6 +707,15 @@ _ROUTE_KEYS = (
         "Fork builds read the cache but never write it.",
         default="registry",
         choices=("registry", "inline", "local", "none"),
+    ),
+    _Key(
+        "sign",
+        "string",
+        "Sign the pushed image digest with cosign and this AWS KMS key (the build's role needs kms:Sign, "
+        "kms:GetPublicKey and kms:DescribeKey on it: SigningKeyArns in deploy/). Fork builds never sign.",
+        default_doc="(none)",
+        pattern=re.compile(r"awskms:///\S+"),
+        form="awskms:///alias/NAME, awskms:///KEY-ID or awskms:///arn:aws:kms:REGION:ACCOUNT:key/KEY-ID",
     ),
     _Key(
         "platforms",
@@ -1335,7 +1346,17 @@ class _Reader:
             registry_server=values["registry_server"],
             cache=values["cache"],
             platforms=self.platforms(values["platforms"], f"{path}.platforms"),
+            sign=self.sign_key(values["sign"], f"{path}.sign"),
         )
+
+    def sign_key(self, value: object, where: str) -> str | None:
+        if not isinstance(value, str):
+            return None
+        try:
+            return parse_sign_key(value, input_name=where)
+        except InputError:
+            self.error(where, "is not a cosign AWS KMS key URI", hint=SIGN_HINT)
+            return None
 
     def platforms(self, value: object, where: str) -> tuple[str, ...]:
         if not isinstance(value, tuple):

@@ -124,6 +124,7 @@ class BuildOptions:
     cache: CacheMode = "registry"  # layer cache of the packaged image buildspecs (bridge.core.cache)
     cache_write: bool = True  # False: read the cache only (a fork never writes, whatever this says)
     platforms: tuple[str, ...] = ()  # linux/amd64, linux/arm64: each built natively (bridge.core.platforms)
+    sign_key: str | None = None  # cosign KMS URI (awskms:///...) the build signs the pushed digest with
 
 
 @dataclass(frozen=True)

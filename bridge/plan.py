@@ -346,6 +346,8 @@ def plan_build(
         ]
         cache = plan_cache(event, options.image_repository.strip(), options.cache, write=options.cache_write)
         bridge_env += cache.env()
+        if options.sign_key and not event.is_fork:  # a fork's build never signs with the project's key
+            bridge_env.append(EnvVar("BRIDGE_SIGN_KEY", options.sign_key))
 
     buildspec = options.buildspec or None
     multi = is_multi(options.platforms)

@@ -167,4 +167,5 @@ def build_options(route: Route, event: SourceEvent) -> BuildOptions:
         ),
         cache=route.cache,
         platforms=route.platforms,
+        sign_key=route.sign,
     )

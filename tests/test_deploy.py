@@ -57,4 +57,7 @@ def test_project_role_reads_only_named_secrets_parameters_and_connection() -> No
         "HasBuildParameters": {"Ref": "BuildParameterArns"},
         "HasCodeConnection": {"Ref": "CodeConnectionArn"},
         "HasKmsKeys": {"Ref": "SecretsKmsKeyArns"},
+        "HasSigningKeys": {"Ref": "SigningKeyArns"},
     }
+    signing = next(st["If"][1] for st in statements if "If" in st and st["If"][0] == "HasSigningKeys")
+    assert sorted(signing["Action"]) == ["kms:DescribeKey", "kms:GetPublicKey", "kms:Sign"]

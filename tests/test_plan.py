@@ -1187,12 +1187,17 @@ if name == "docker" and args[:2] == ["buildx", "build"]:
 """
 
 
-def run_buildspec(name: str, tmp_path: Path, env: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
+def run_buildspec(
+    name: str,
+    tmp_path: Path,
+    env: dict[str, str],
+    tools: tuple[str, ...] = ("docker", "aws", "git", "cosign"),
+) -> tuple[list[dict[str, Any]], str]:
     """Run every command of every phase in one bash, as CodeBuild 0.2 does, with fake tools on PATH.
     Returns the tools' recorded calls and IMAGE_DIGEST as the shell left it."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("docker", "aws", "git"):
+    for tool in tools:
         path = bin_dir / tool
         path.write_text(FAKE_TOOL.format(python=sys.executable))
         path.chmod(0o755)
