@@ -334,6 +334,11 @@ def create_app(
         ctx.fields.update(repository=result.repository, sha=result.sha)
         added = services.store.add_delivery(delivery_id, result.provider, event_name, matched.name, result)
         if not added:
+            if services.store.restart_delivery(delivery_id):
+                # GitHub's Redeliver (same id) of a delivery whose start failed: start it again now.
+                services.delivery_queue.enqueue(delivery_id)
+                worker.wake()
+                return answer(ctx, 202, {"delivery": delivery_id, "restarted": True}, "restarted")
             # A replica may have stored the original and died before enqueueing it: enqueue again.
             services.delivery_queue.nudge(delivery_id)
             return answer(ctx, 200, {"duplicate": delivery_id}, "duplicate")

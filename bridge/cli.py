@@ -188,6 +188,7 @@ def _plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 result,
                 routing.build_options(matched, result),
                 idempotency_seed=idempotency_seed(args.delivery_id, matched.name),
+                delivery_id=args.delivery_id,
             )
             print(f"route: {matched.name}", file=err)
             if request.image_uri:
@@ -260,6 +261,41 @@ def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         else:
             print("\n\n".join("\n".join(delivery_lines(view)) for view in views), file=out)
         return 0
+    finally:
+        store.close()
+
+
+def _redeliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Start a delivery whose start failed again, from the store the server runs with: what GitHub's
+    Redeliver does, for GitLab and for deliveries GitHub no longer lists."""
+    from bridge.services import shared_state
+
+    config = _serve_config(args.config)
+    if config.store.backend != "dynamodb" and not config.server.state_path.exists():
+        raise ConfigError(
+            f"no state file at {config.server.state_path}: this server has recorded nothing yet",
+            key="server.state_path",
+            hint="pass the --config the server runs with",
+        )
+    store, queue = shared_state(config)
+    try:
+        delivery_id = args.delivery_id.strip()
+        if store.restart_delivery(delivery_id):
+            if queue is not None:
+                queue.enqueue(delivery_id)
+            print(f"delivery {delivery_id} will be started again by the running server", file=out)
+            return 0
+        row = store.get_delivery(delivery_id)
+        if row is None:
+            print(f"no delivery {delivery_id!r} is recorded", file=err)
+            print("hint: `bridge status SHA` lists a commit's deliveries and their ids", file=err)
+        elif row.state == "started":
+            print(f"delivery {delivery_id} already started build {row.build_id}", file=err)
+            print("hint: re-run its check or pipeline to build the commit again", file=err)
+        else:
+            print(f"delivery {delivery_id} asked for no build ({row.state}): nothing to start", file=err)
+            print("hint: only a delivery whose build did not start can be redelivered", file=err)
+        return 1
     finally:
         store.close()
 
@@ -462,6 +498,21 @@ def build_parser(prog: str = "bridge") -> argparse.ArgumentParser:
         "--limit", type=_positive, default=20, help="at most this many deliveries of a commit (default: 20)"
     )
 
+    redeliver = commands.add_parser(
+        "redeliver",
+        help="start again a delivery whose build did not start (refused, or still waiting for CodeBuild)",
+        description="Make a delivery whose start failed for good, or is waiting between attempts, due now:"
+        " the running server's worker starts it (GitHub's Redeliver does the same). A delivery whose build"
+        " started is left alone: re-run its check instead.",
+        epilog="exit status: 0 restarted, 1 nothing to restart under that id, 2 bad config\n\n"
+        + _environment_help(STATUS_ENVIRONMENT),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    redeliver.add_argument(
+        "delivery_id", metavar="DELIVERY-ID", help="the delivery's id (X-GitHub-Delivery, ...)"
+    )
+    redeliver.add_argument("--config", help=f"routing file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")
+
     demo = commands.add_parser(
         "demo",
         help="try it: a server on 127.0.0.1, signed sample deliveries, the operator page (no AWS)",
@@ -505,6 +556,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             return _demo(args, out)
         if args.command == "status":
             return _status(args, out, err)
+        if args.command == "redeliver":
+            return _redeliver(args, out, err)
         return _check_config(args, out, err)
     except BridgeError as exc:
         print(f"error: {exc.message}", file=err)

@@ -73,6 +73,8 @@ class ServerSettings:
     state_path: Path = field(default_factory=default_state_path)
     threads: int = 8
     max_build_starts_per_second: int = 10
+    start_retry_max_delay_seconds: int = 120
+    start_lookup_after_seconds: int = 240
     operator_page: str = "auto"  # auto: only on a loopback bind; on; off (see docs/operator.md)
     operator_token: SecretRef | None = None
     header_timeout_seconds: int = 10
@@ -359,6 +361,28 @@ _SERVER_KEYS = (
         "Password for the operator page (HTTP basic auth, any user name): the page is then served on"
         " any bind, to whoever gives it.",
         default_doc="(none)",
+    ),
+    _Key(
+        "start_retry_max_delay_seconds",
+        "integer",
+        "Longest pause between attempts to start a delivery's build while CodeBuild refuses (quota,"
+        " throttling) or cannot be reached. Attempts go on, doubling from 2 s up to this, for as long as"
+        " the state store keeps the delivery; errors that cannot heal (access denied, unknown project,"
+        " no credentials) are not retried.",
+        default=120,
+        minimum=1,
+        maximum=3600,
+    ),
+    _Key(
+        "start_lookup_after_seconds",
+        "integer",
+        "How long after a delivery arrived a new attempt to start its build first looks for a build an"
+        " earlier attempt started (ListBuildsForProject; the build's BRIDGE_DELIVERY_ID variable names the"
+        " delivery). CodeBuild forgets a StartBuild idempotency token after 5 minutes; until then the"
+        " token alone prevents a second build.",
+        default=240,
+        minimum=0,
+        maximum=300,
     ),
     _Key(
         "header_timeout_seconds",
@@ -1076,6 +1100,8 @@ class _Reader:
             state_path=state_path if state_path.is_absolute() else base_dir / state_path,
             threads=values["threads"],
             max_build_starts_per_second=values["max_build_starts_per_second"],
+            start_retry_max_delay_seconds=values["start_retry_max_delay_seconds"],
+            start_lookup_after_seconds=values["start_lookup_after_seconds"],
             operator_page=values["operator_page"],
             operator_token=values["operator_token"],
             header_timeout_seconds=values["header_timeout_seconds"],

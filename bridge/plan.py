@@ -300,6 +300,7 @@ def _ref_slug(event: SourceEvent) -> str:
 # --- the StartBuild request ------------------------------------------------------------------------
 
 _MIN_TIMEOUT, _MAX_TIMEOUT = 5, 2160  # CodeBuild's BuildTimeOut bounds
+DELIVERY_ID_VARIABLE = "BRIDGE_DELIVERY_ID"
 _PROTECTED_KWARGS = frozenset({"projectName", "idempotencyToken"})
 
 
@@ -321,9 +322,14 @@ def plan_build(
     *,
     idempotency_seed: str,
     context_env: Mapping[str, str] = {},
+    delivery_id: str | None = None,
 ) -> BuildRequest:
     """Build the StartBuild kwargs. The same seed and request always give the same token, so a
-    retried call does not start a second build, while a different request never reuses one."""
+    retried call does not start a second build, while a different request never reuses one.
+
+    `delivery_id` (the webhook server's) goes into the build's BRIDGE_DELIVERY_ID variable: once
+    CodeBuild has forgotten the token (5 minutes), that is how a retry finds a build an earlier
+    attempt started."""
     clone_mode = options.source_mode == "clone"
     if clone_mode and event.provider != "gitlab":
         raise ConfigError(
@@ -335,6 +341,8 @@ def plan_build(
     # The event's own values win over a context variable of the same name: one entry per name.
     context = [EnvVar(name, value) for name, value in context_env.items()]
     bridge_env = list({v.name: v for v in [*context, *_event_env(event)]}.values())
+    if delivery_id is not None:
+        bridge_env.append(EnvVar(DELIVERY_ID_VARIABLE, delivery_id))
 
     if options.image_repository:
         tag = render_image_tag(options.image_tag, event)

@@ -349,6 +349,9 @@ class LazyCodeBuild:
     def stop(self, build_id: str) -> BuildRecord:
         return self._get().stop(build_id)
 
+    def find_started(self, request: BuildRequest, delivery_id: str, *, since: float) -> BuildRecord | None:
+        return self._get().find_started(request, delivery_id, since=since)
+
     def log_tail(self, build: BuildRecord) -> LogTail:
         return self._get().log_tail(build)
 

@@ -66,6 +66,7 @@ _ADDED_COLUMNS: Final = (
     ("deliveries", "grant_json", "TEXT"),
     ("builds", "status_json", "TEXT"),
     ("builds", "created_at", "REAL"),
+    ("deliveries", "reporter_ref", "TEXT"),
 )
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -146,6 +147,8 @@ class PendingDelivery:
     event: SourceEvent
     attempts: int
     received_at: float
+    last_error: str | None = None  # why the previous attempt failed (None: the first attempt)
+    reporter_ref: str | None = None  # the "waiting for CodeBuild" status posted meanwhile, to update
 
 
 @dataclass(frozen=True)
@@ -287,9 +290,15 @@ class StateStore(Protocol):
         """True when this call recorded the build (False: it was already recorded, report nothing)."""
         ...
 
-    def mark_retry(self, delivery_id: str, error: str, delay_seconds: float) -> None: ...
+    def mark_retry(
+        self, delivery_id: str, error: str, delay_seconds: float, *, reporter_ref: str | None = None
+    ) -> None: ...
 
-    def mark_failed(self, delivery_id: str, error: str) -> None: ...
+    def restart_delivery(self, delivery_id: str) -> bool:
+        """A delivery whose start failed is due again now; False when there is none to restart."""
+        ...
+
+    def mark_failed(self, delivery_id: str, error: str, *, reporter_ref: str | None = None) -> None: ...
 
     def get_delivery(self, delivery_id: str) -> DeliveryRow | None: ...
 
@@ -648,7 +657,8 @@ class SqliteStore:
         now = self._clock()
         with self._guard("claiming deliveries"), self._transaction() as conn:
             rows = conn.execute(
-                "SELECT delivery_id, provider, event_name, route_name, event_json, attempts, received_at"
+                "SELECT delivery_id, provider, event_name, route_name, event_json, attempts, received_at,"
+                " last_error, reporter_ref"
                 " FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, received_at LIMIT ?",
                 (now, limit),
@@ -666,6 +676,8 @@ class SqliteStore:
                 event=event_from_json(row[4]),
                 attempts=row[5] + 1,
                 received_at=row[6],
+                last_error=row[7],
+                reporter_ref=row[8],
             )
             for row in rows
         ]
@@ -674,7 +686,8 @@ class SqliteStore:
         now = self._clock()
         with self._guard("claiming a delivery"), self._transaction() as conn:
             row = conn.execute(
-                "SELECT delivery_id, provider, event_name, route_name, event_json, attempts, received_at"
+                "SELECT delivery_id, provider, event_name, route_name, event_json, attempts, received_at,"
+                " last_error, reporter_ref"
                 " FROM deliveries WHERE delivery_id = ? AND state = 'pending' AND next_attempt_at <= ?",
                 (delivery_id, now),
             ).fetchone()
@@ -692,6 +705,8 @@ class SqliteStore:
             event=event_from_json(row[4]),
             attempts=row[5] + 1,
             received_at=row[6],
+            last_error=row[7],
+            reporter_ref=row[8],
         )
 
     def mark_started(
@@ -713,7 +728,7 @@ class SqliteStore:
         now = self._clock()
         with self._guard("recording a started build"), self._transaction() as conn:
             row = conn.execute(
-                "SELECT provider, route_name, event_json FROM deliveries WHERE delivery_id = ?",
+                "SELECT provider, route_name, event_json, reporter_ref FROM deliveries WHERE delivery_id = ?",
                 (delivery_id,),
             ).fetchone()
             if row is None or row[2] is None:
@@ -736,7 +751,7 @@ class SqliteStore:
                     row[0],
                     row[1],
                     row[2],
-                    reporter_ref,
+                    reporter_ref if reporter_ref is not None else row[3],  # the waiting status, if any
                     now,
                     lease_owner,
                     now + lease_seconds if lease_owner is not None else 0,
@@ -745,20 +760,39 @@ class SqliteStore:
             )
             return cursor.rowcount == 1
 
-    def mark_retry(self, delivery_id: str, error: str, delay_seconds: float) -> None:
+    def mark_retry(
+        self, delivery_id: str, error: str, delay_seconds: float, *, reporter_ref: str | None = None
+    ) -> None:
+        """Due again in `delay_seconds`; `reporter_ref`: the waiting status posted, which the build's
+        own statuses will update (None keeps the one recorded)."""
         now = self._clock()
         with self._guard("scheduling a retry"), self._transaction() as conn:
             conn.execute(
-                "UPDATE deliveries SET next_attempt_at = ?, last_error = ? WHERE delivery_id = ?"
-                " AND state = 'pending'",
-                (now + delay_seconds, error, delivery_id),
+                "UPDATE deliveries SET next_attempt_at = ?, last_error = ?,"
+                " reporter_ref = COALESCE(?, reporter_ref) WHERE delivery_id = ? AND state = 'pending'",
+                (now + delay_seconds, error, reporter_ref, delivery_id),
             )
 
-    def mark_failed(self, delivery_id: str, error: str) -> None:
+    def restart_delivery(self, delivery_id: str) -> bool:
+        """A delivery whose start failed (for good, or so far) is due again now: a redelivery, a
+        re-run or `bridge redeliver` asked for it. False: unknown, ignored, or already started."""
+        now = self._clock()
+        with self._guard("restarting a delivery"), self._transaction() as conn:
+            return (
+                conn.execute(
+                    "UPDATE deliveries SET state = 'pending', next_attempt_at = ? WHERE delivery_id = ?"
+                    " AND (state = 'failed' OR (state = 'pending' AND last_error IS NOT NULL))",
+                    (now, delivery_id),
+                ).rowcount
+                == 1
+            )
+
+    def mark_failed(self, delivery_id: str, error: str, *, reporter_ref: str | None = None) -> None:
         with self._guard("recording a failure"), self._transaction() as conn:
             conn.execute(
-                "UPDATE deliveries SET state = 'failed', last_error = ? WHERE delivery_id = ?",
-                (error, delivery_id),
+                "UPDATE deliveries SET state = 'failed', last_error = ?,"
+                " reporter_ref = COALESCE(?, reporter_ref) WHERE delivery_id = ?",
+                (error, reporter_ref, delivery_id),
             )
 
     def get_delivery(self, delivery_id: str) -> DeliveryRow | None:

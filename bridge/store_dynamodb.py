@@ -319,6 +319,8 @@ class DynamoStore:
             event=event_from_json(_str(item, "event_json") or "null"),
             attempts=int(_num(item, "attempts")),
             received_at=_num(item, "received_at"),
+            last_error=_str(item, "last_error"),
+            reporter_ref=_str(item, "reporter_ref"),
         )
 
     def claim_pending(self, limit: int = 10, *, lease_seconds: float = 60) -> list[PendingDelivery]:
@@ -382,8 +384,9 @@ class DynamoStore:
             "lease_owner": _s(lease_owner or ""),
             "lease_until": _n(now + lease_seconds if lease_owner else 0),
         }
-        if reporter_ref is not None:
-            build["reporter_ref"] = _s(reporter_ref)
+        waiting_ref = reporter_ref if reporter_ref is not None else _str(delivery, "reporter_ref")
+        if waiting_ref is not None:
+            build["reporter_ref"] = _s(waiting_ref)  # the waiting status, if one was posted
         started: dict[str, Any] = {":started": _s("started"), ":build": _s(build_id)}
         if request_json is not None:
             started[":request"] = _s(request_json)
@@ -424,28 +427,55 @@ class DynamoStore:
                 return False
         return True
 
-    def mark_retry(self, delivery_id: str, error: str, delay_seconds: float) -> None:
+    def mark_retry(
+        self, delivery_id: str, error: str, delay_seconds: float, *, reporter_ref: str | None = None
+    ) -> None:
+        values = {
+            ":pending": _s("pending"),
+            ":at": _n(self._clock() + delay_seconds),
+            ":error": _s(error),
+        }
+        if reporter_ref is not None:
+            values[":ref"] = _s(reporter_ref)
         self._conditional_update(
             "scheduling a retry",
             Key=_delivery_key(delivery_id),
             ConditionExpression="#state = :pending",
-            UpdateExpression="SET next_attempt_at = :at, last_error = :error",
+            UpdateExpression="SET next_attempt_at = :at, last_error = :error"
+            + (", reporter_ref = :ref" if reporter_ref is not None else ""),
             ExpressionAttributeNames={"#state": "state"},
-            ExpressionAttributeValues={
-                ":pending": _s("pending"),
-                ":at": _n(self._clock() + delay_seconds),
-                ":error": _s(error),
-            },
+            ExpressionAttributeValues=values,
         )
 
-    def mark_failed(self, delivery_id: str, error: str) -> None:
+    def restart_delivery(self, delivery_id: str) -> bool:
+        """See SqliteStore.restart_delivery: one conditional update, so replicas agree."""
+        item = self._conditional_update(
+            "restarting a delivery",
+            Key=_delivery_key(delivery_id),
+            ConditionExpression="#state = :failed OR (#state = :pending AND attribute_exists(last_error))",
+            UpdateExpression="SET #state = :pending, next_attempt_at = :now",
+            ExpressionAttributeNames={"#state": "state"},
+            ExpressionAttributeValues={
+                ":failed": _s("failed"),
+                ":pending": _s("pending"),
+                ":now": _n(self._clock()),
+            },
+            ReturnValues="ALL_NEW",
+        )
+        return item is not None
+
+    def mark_failed(self, delivery_id: str, error: str, *, reporter_ref: str | None = None) -> None:
+        values = {":failed": _s("failed"), ":error": _s(error)}
+        if reporter_ref is not None:
+            values[":ref"] = _s(reporter_ref)
         self._conditional_update(
             "recording a failure",
             Key=_delivery_key(delivery_id),
             ConditionExpression="attribute_exists(pk)",
-            UpdateExpression="SET #state = :failed, last_error = :error",
+            UpdateExpression="SET #state = :failed, last_error = :error"
+            + (", reporter_ref = :ref" if reporter_ref is not None else ""),
             ExpressionAttributeNames={"#state": "state"},
-            ExpressionAttributeValues={":failed": _s("failed"), ":error": _s(error)},
+            ExpressionAttributeValues=values,
         )
 
     def get_delivery(self, delivery_id: str) -> DeliveryRow | None:

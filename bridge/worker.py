@@ -41,23 +41,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import botocore.exceptions
+
 from bridge.builders.base import Builder
 from bridge.core.activity import status_record
-from bridge.core.text import shorten
-from bridge.errors import BridgeError, CredentialsError, SecretError
+from bridge.errors import BridgeError, ConfigError, CredentialsError, SecretError
 from bridge.model import BuildRecord, BuildRequest, BuildStatus, SourceEvent
 from bridge.pace import Pacer
 from bridge.plan import plan_build
 from bridge.poll import Backoff
 from bridge.queue import Job
 from bridge.services import Services, StatusReporter
-from bridge.status import TITLE_MAX, build_status, lost_status
-from bridge.store import TrackedBuild
+from bridge.status import build_status, lost_status, not_started_status, waiting_status
+from bridge.store import PendingDelivery, TrackedBuild
 
 log = logging.getLogger("bridge.worker")
 
 DETAIL_TYPE: Final = "CodeBuild Build State Change"
-MAX_ATTEMPTS: Final = 8  # ~ 4 minutes of back-off in total, inside the 5-minute idempotency window
 RETRY_BASE_SECONDS: Final = 2.0
 RETRY_CAP_SECONDS: Final = 120.0
 CLAIM_BATCH: Final = 10
@@ -89,19 +89,42 @@ def _rank(key: str | None) -> int:
     return _STATE_RANK.get(key.split("|", 1)[0], -1)
 
 
-def retry_delay(attempt: int, *, rand: Callable[[], float] = random.random) -> float:
+def retry_delay(
+    attempt: int, *, rand: Callable[[], float] = random.random, cap: float = RETRY_CAP_SECONDS
+) -> float:
     """Exponential back-off with jitter: 2, 4, 8, ... seconds, capped, shortened by up to a quarter."""
-    delay: float = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2.0 ** max(0, attempt - 1))
+    delay: float = min(cap, RETRY_BASE_SECONDS * 2.0 ** min(30, max(0, attempt - 1)))
     return delay * (1 - 0.25 * rand())
 
 
+# botocore's own errors that no retry can fix: the process has no credentials or no region.
+_UNHEALABLE: Final = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.NoRegionError,
+)
+
+
+_UNHEALABLE_HINT: Final[Mapping[type[BaseException], str]] = {
+    botocore.exceptions.NoCredentialsError: "give the bridge AWS credentials (a task or instance role,"
+    " AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and restart it",
+    botocore.exceptions.PartialCredentialsError: "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"
+    " or use a role",
+    botocore.exceptions.NoRegionError: "set [aws] region in the config, or AWS_REGION",
+}
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """Throttling, outages and unreachable secrets pass; bad requests and bad config do not."""
-    if isinstance(exc, SecretError | CredentialsError):
-        return True  # often transient (network, an IAM change rolling out); bounded by MAX_ATTEMPTS
+    """Throttling, outages and unreachable secrets pass; bad requests, bad config, missing
+    credentials or region, access denied and unknown projects do not (by class and error code,
+    never by message text: builder_error decides a BuilderError's flag from CodeBuild's code)."""
+    if isinstance(exc, (CredentialsError, ConfigError, *_UNHEALABLE)):
+        return False
+    if isinstance(exc, SecretError):
+        return True  # Secrets Manager unreachable or throttled: often transient
     if isinstance(exc, BridgeError):
         return bool(getattr(exc, "retryable", False))
-    return True  # an unexpected error: try again, bounded, and log it loudly
+    return True  # an unexpected error: try again, with capped back-off, and log it loudly
 
 
 def build_id_of(arn_or_id: str) -> str:
@@ -166,23 +189,6 @@ def record_from_event(detail: Mapping[str, Any]) -> dict[str, Any]:
     return record
 
 
-def failure_status(message: str) -> BuildStatus:
-    """What the commit shows when a build could not even start (bad route, refused request)."""
-    title = f"Build not started: {message}"
-    return BuildStatus(
-        build_id="",
-        build_number=None,
-        build_status="FAULT",
-        state="completed",
-        conclusion="failure",
-        title=shorten(title, TITLE_MAX),
-        summary=f"### Build not started\n\n{message}\n",
-        phases=(),
-        current_phase=None,
-        console_url="",
-    )
-
-
 def region_of_build(record: BuildRecord, default: str) -> str:
     arn = str(record.get("arn") or "")
     parts = arn.split(":")
@@ -218,7 +224,6 @@ class Worker:
         *,
         poll_interval: float | None = None,
         lease_seconds: int | None = None,
-        max_attempts: int = MAX_ATTEMPTS,
         phase_report_interval: float = PHASE_REPORT_INTERVAL_SECONDS,
         sleep_rand: Callable[[], float] = random.random,
         starts_per_second: float | None = None,
@@ -235,7 +240,9 @@ class Worker:
         self._queue = services.delivery_queue
         # Names this worker in the shared store's leases: unique per process, readable in the table.
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._max_attempts = max_attempts
+        server = services.config.server
+        self._retry_cap = float(server.start_retry_max_delay_seconds)
+        self._lookup_after = float(server.start_lookup_after_seconds)
         self._max_missing_polls = max(1, max_missing_polls)
         self._missing: dict[str, int] = {}  # build id → polls in a row that did not return it
         self._rand = sleep_rand
@@ -409,14 +416,28 @@ class Worker:
                 event,
                 services.build_options(route, event),
                 idempotency_seed=idempotency_seed(delivery_id, route_name),
+                delivery_id=delivery_id,
             )
-            record = services.builder_for(route).start(request)
+            builder = services.builder_for(route)
+            record = None
+            if pending.last_error is not None and (
+                services.clock() - pending.received_at >= self._lookup_after
+            ):
+                # CodeBuild may have forgotten the token: did an earlier attempt start a build after all?
+                record = builder.find_started(request, delivery_id, since=pending.received_at - 60)
+                if record is not None:
+                    log.info(
+                        "found the build an earlier attempt started",
+                        extra={**extra, "build_id": str(record.get("id") or "")},
+                    )
+            if record is None:
+                record = builder.start(request)
         except Exception as exc:
             retryable = is_retryable(exc)
             services.metrics.worker_errors.labels(stage="start", retryable=str(retryable).lower()).inc()
             message = _describe(exc)
-            if retryable and attempts < self._max_attempts:
-                delay = retry_delay(attempts, rand=self._rand)
+            if retryable:
+                delay = retry_delay(attempts, rand=self._rand, cap=self._retry_cap)
                 log.warning(
                     "build start failed; will retry",
                     extra={
@@ -426,15 +447,19 @@ class Worker:
                         "retry_in_seconds": round(delay, 1),
                     },
                 )
-                services.store.mark_retry(delivery_id, message, delay)
+                reporter_ref = None
+                if message != pending.last_error:  # the first failure, or a new reason: say so
+                    reporter_ref = self._report_waiting(pending, message)
+                services.store.mark_retry(delivery_id, message, delay, reporter_ref=reporter_ref)
                 self._queue.retry(job, delay)
                 return None
             log.exception(
                 "build start failed for good", extra={**extra, "error": message, "attempt": attempts}
             )
-            services.store.mark_failed(delivery_id, message)
+            hint = exc.hint if isinstance(exc, BridgeError) else None
+            reporter_ref = self._report_failure(pending, message, hint or _UNHEALABLE_HINT.get(type(exc), ""))
+            services.store.mark_failed(delivery_id, message, reporter_ref=reporter_ref)
             self._queue.done(job)
-            self._report_failure(event, route_name, message)
             return None
 
         build_id = str(record.get("id") or "")
@@ -521,16 +546,34 @@ class Worker:
     def _lease_age(self, build: _Started) -> float:
         return self._services.monotonic() - build.leased_at
 
-    def _report_failure(self, event: SourceEvent, route_name: str, message: str) -> None:
+    def _report_failure(self, pending: PendingDelivery, message: str, hint: str) -> str | None:
+        """The final "Build not started" with the fix, on the waiting status if one was posted; returns
+        the reporter's reference, which a restarted delivery's build then updates."""
         try:
-            reporter = self._services.reporter_for(event, route_name)
+            reporter = self._services.reporter_for(pending.event, pending.route_name)
             if reporter is not None:
-                reporter.start(failure_status(message))
+                return _post(reporter, pending.reporter_ref, not_started_status(message, hint))
         except Exception as exc:
             log.warning(
                 "could not report the failed start",
-                extra={"route": route_name, "sha": event.sha, "error": _describe(exc)},
+                extra={"route": pending.route_name, "sha": pending.event.sha, "error": _describe(exc)},
             )
+        return None
+
+    def _report_waiting(self, pending: PendingDelivery, message: str) -> str | None:
+        """Post (or update) "Waiting for CodeBuild: <reason>"; returns the reporter's reference,
+        which the build's own statuses then update. A failed post is logged and the retry goes on."""
+        try:
+            reporter = self._services.reporter_for(pending.event, pending.route_name)
+            if reporter is None:
+                return None
+            return _post(reporter, pending.reporter_ref, waiting_status(message, attempts=pending.attempts))
+        except Exception as exc:
+            log.warning(
+                "could not report the waiting start",
+                extra={"route": pending.route_name, "sha": pending.event.sha, "error": _describe(exc)},
+            )
+            return None
 
     # -- (b) tracking ----------------------------------------------------------------------------
 

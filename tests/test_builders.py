@@ -292,6 +292,9 @@ class RecordingBuilder:
     ) -> dict[str, BuildRecord]:
         return {b: self.records[b] for b in build_ids if b in self.records}
 
+    def find_started(self, request: BuildRequest, delivery_id: str, *, since: float) -> BuildRecord | None:
+        return None
+
     def stop(self, build_id: str) -> BuildRecord:
         return self.records[build_id]
 

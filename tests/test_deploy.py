@@ -39,6 +39,7 @@ def test_bridge_role_grants_only_what_the_server_calls() -> None:
     statements = role["Policies"][0]["PolicyDocument"]["Statement"]
     assert stack.actions(statements) == [
         "codebuild:BatchGetBuilds",
+        "codebuild:ListBuildsForProject",
         "codebuild:StartBuild",
         "kms:Decrypt",  # only with SecretsKmsKeyArns
         "logs:GetLogEvents",

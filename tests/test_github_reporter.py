@@ -32,8 +32,7 @@ from bridge.reporters.github import (
 )
 from bridge.secret import Secret
 from bridge.services import StatusReporter
-from bridge.status import build_status
-from bridge.worker import failure_status
+from bridge.status import build_status, not_started_status
 from tests.fakes.github_api import FakeGitHub, app_keys
 
 REPO = "octo-org/app"
@@ -421,7 +420,7 @@ def test_a_status_that_could_not_start_keeps_its_whole_message_not_half_a_hint(
         hint="allow codebuild:StartBuild on the project for the bridge's role (deploy/bridge.yaml does)",
     )
     reporter = CommitStatusReporter(pat_client, REPO, context="codebuild")
-    reporter.update(reporter.start(EVENT, None, None), failure_status(str(error)))
+    reporter.update(reporter.start(EVENT, None, None), not_started_status(str(error)))
     description = github_api.requests[-1].json["description"]
     assert description == f"Build not started: {error.message}"
 

@@ -320,6 +320,9 @@ class Delegating:
     ) -> dict[str, BuildRecord]:
         return self.inner.get_many(build_ids, batch_ids=batch_ids)
 
+    def find_started(self, request: BuildRequest, delivery_id: str, *, since: float) -> BuildRecord | None:
+        return self.inner.find_started(request, delivery_id, since=since)
+
     def stop(self, build_id: str) -> BuildRecord:
         return self.inner.stop(build_id)
 
@@ -409,7 +412,10 @@ def test_crash_between_start_and_record_reuses_the_same_build(rig: Rig) -> None:
     route = rig.enqueue(event, "gh-crash")
     assert isinstance(event, SourceEvent)
     request = plan_build(
-        event, routing.build_options(route, event), idempotency_seed=idempotency_seed("gh-crash", route.name)
+        event,
+        routing.build_options(route, event),
+        idempotency_seed=idempotency_seed("gh-crash", route.name),
+        delivery_id="gh-crash",
     )
     first = rig.services.builder.start(request)  # the call the crashed worker made
 
@@ -744,22 +750,39 @@ def test_retryable_start_failure_is_retried_with_backoff(rig: Rig) -> None:
     assert rig.gitlab_api.transitions[0][3] == "pending"  # no failure was ever shown
 
 
-def test_retries_give_up_after_max_attempts(
-    tmp_path: Path,
-    aws_env: dict[str, str],
-    codebuild_double: CodeBuildDouble,
-    github_api: FakeGitHub,
-    gitlab_api: FakeGitLab,
-) -> None:
-    made = make_rig(tmp_path, codebuild_double, github_api, gitlab_api, max_attempts=2)
-    codebuild_double.fail("StartBuild", "AccountLimitExceededException", count=5)
-    made.enqueue(gitlab_push(), "gl-give-up")
-    made.worker.drain_pending()
-    made.clock.advance(600)
-    made.worker.drain_pending()
-    assert made.services.store.get_delivery("gl-give-up").state == "failed"  # type: ignore[union-attr]
-    assert [state for (*_, state) in gitlab_api.transitions] == ["failed"]
-    made.services.store.close()
+def test_retries_never_give_up_on_a_retryable_refusal_and_the_status_says_why(rig: Rig) -> None:
+    """Twenty refusals (the worker used to drop a delivery after 8): it keeps waiting, capped at
+    `start_retry_max_delay_seconds`, shows "Waiting for CodeBuild" once per reason, then builds."""
+    rig.double.fail("StartBuild", "AccountLimitExceededException", count=20)
+    rig.enqueue(gitlab_push(), "gl-patient")
+    for _ in range(20):
+        rig.worker.drain_pending()
+        delivery = rig.services.store.get_delivery("gl-patient")
+        assert delivery is not None
+        assert delivery.state == "pending"
+        assert delivery.next_attempt_at - rig.clock.now <= 120
+        rig.clock.advance(120)
+    assert rig.worker.drain_pending() == 1
+    assert len(rig.double.calls("StartBuild")) == 21
+    statuses = rig.gitlab_api.status_requests
+    assert statuses[0].body["description"].startswith("Waiting for CodeBuild:")
+    assert [state for (*_, state) in rig.gitlab_api.transitions] == [
+        "pending"
+    ]  # one waiting post, no failure
+
+
+def test_an_error_that_cannot_heal_is_not_retried_and_the_status_says_how_to_fix_it(rig: Rig) -> None:
+    rig.double.fail("StartBuild", "AccessDeniedException", count=1)
+    rig.enqueue(github_push(), "gh-denied")
+    rig.worker.drain_pending()
+    rig.clock.advance(600)
+    rig.worker.drain_pending()
+
+    assert rig.services.store.get_delivery("gh-denied").state == "failed"  # type: ignore[union-attr]
+    assert len(rig.double.calls("StartBuild")) == 1
+    (check_run,) = rig.github_api.check_runs.values()
+    assert check_run["conclusion"] == "failure"
+    assert "allow codebuild:StartBuild" in check_run["output"]["summary"]
 
 
 def test_throttled_calls_are_absorbed_by_botocore_retries(rig: Rig) -> None:

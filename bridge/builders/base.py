@@ -54,6 +54,12 @@ class Builder(Protocol):
 
     def stop(self, build_id: str) -> BuildRecord: ...
 
+    def find_started(self, request: BuildRequest, delivery_id: str, *, since: float) -> BuildRecord | None:
+        """The build an earlier attempt at `request` started for `delivery_id` (its BRIDGE_DELIVERY_ID
+        variable) no earlier than `since` (epoch seconds), or None. Asked before starting again once
+        the idempotency token may be forgotten; a backend whose starts cannot be lost returns None."""
+        ...
+
     def log_tail(self, build: BuildRecord) -> LogTail: ...
 
     def close(self) -> None:

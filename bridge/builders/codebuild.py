@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
 from bridge.errors import BuilderError, CredentialsError
 from bridge.model import BuildRecord, BuildRequest
-from bridge.plan import start_build_batch_kwargs
+from bridge.plan import DELIVERY_ID_VARIABLE, start_build_batch_kwargs
 
 if TYPE_CHECKING:
     from mypy_boto3_codebuild import CodeBuildClient
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from mypy_boto3_logs.type_defs import GetLogEventsResponseTypeDef
 
 BATCH_GET_LIMIT = 100  # BatchGetBuilds accepts at most 100 ids a call
+FIND_PAGES = 20  # ListBuildsForProject pages (100 builds each) searched for an earlier attempt
 
 # Error codes worth trying again later. AccountLimitExceededException is CodeBuild's concurrent
 # build quota: a slot frees up when another build ends, so the same request succeeds later.
@@ -174,6 +176,42 @@ class CodeBuildBuilder:
                 records[build["id"]] = build
         return records
 
+    def find_started(self, request: BuildRequest, delivery_id: str, *, since: float) -> BuildRecord | None:
+        """ListBuildsForProject newest first, read 100 at a time with BatchGetBuilds, until a build
+        older than `since` (or the page limit): both allowed by the bridge's IAM policy on the project.
+
+        Batches are not looked up (their listing needs actions the policy does not grant): a batch
+        route's retry relies on the idempotency token alone.
+        """
+        if request.batch:
+            return None
+        project = request.project_name
+        token: str | None = None
+        for _ in range(FIND_PAGES):
+            kwargs: dict[str, Any] = {"projectName": project, "sortOrder": "DESCENDING"}
+            if token:
+                kwargs["nextToken"] = token
+            with aws_call("ListBuildsForProject", project):
+                page = self._codebuild.list_builds_for_project(**kwargs)
+            ids = list(page.get("ids", []))
+            if not ids:
+                return None
+            records = self._get_builds(ids)
+            older = False
+            for build_id in ids:
+                record = records.get(build_id)
+                if record is None:
+                    continue
+                if _variable(record, DELIVERY_ID_VARIABLE) == delivery_id:
+                    return record
+                started = record.get("startTime")
+                if isinstance(started, datetime) and started.timestamp() < since:
+                    older = True
+            token = page.get("nextToken")
+            if older or not token:
+                return None
+        return None
+
     def stop(self, build_id: str) -> BuildRecord:
         if build_id in self._batch_ids:
             with aws_call("StopBuildBatch", project_of(build_id)):
@@ -186,6 +224,14 @@ class CodeBuildBuilder:
 
     def close(self) -> None:
         """Nothing to stop: CodeBuild runs the builds, and they go on (and are tracked) without us."""
+
+
+def _variable(record: BuildRecord, name: str) -> str | None:
+    environment = record.get("environment") or {}
+    for variable in environment.get("environmentVariables") or []:
+        if variable.get("name") == name and variable.get("type", "PLAINTEXT") == "PLAINTEXT":
+            return str(variable.get("value"))
+    return None
 
 
 def log_location(build: BuildRecord) -> tuple[str, str] | None:

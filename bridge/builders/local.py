@@ -225,6 +225,9 @@ class LocalBuilder:
         with self._lock:
             return {b: _deep_copy(self._records[b]) for b in dict.fromkeys(build_ids) if b in self._records}
 
+    def find_started(self, request: BuildRequest, delivery_id: str, *, since: float) -> BuildRecord | None:
+        return None  # a local build is started in this process: no start of it can be lost
+
     def stop(self, build_id: str) -> BuildRecord:
         """Ask the build to stop and wait a little for it to end; returns the record as it is then."""
         with self._lock:

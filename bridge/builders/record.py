@@ -135,6 +135,9 @@ class RecordingBuilder:
             ],
         )
 
+    def find_started(self, request: BuildRequest, delivery_id: str, *, since: float) -> BuildRecord | None:
+        return None  # nothing to find: recorded starts are never lost
+
     def stop(self, build_id: str) -> BuildRecord:
         with self._lock:
             record = self._records.get(build_id)

@@ -254,6 +254,7 @@ def expected_request(server: Server, sent: Sent) -> dict[str, Any]:
         event,
         routing.build_options(route, event),
         idempotency_seed=idempotency_seed(sent.delivery_id, route.name),
+        delivery_id=sent.delivery_id,
     )
     return dict(request.start_build_kwargs)
 

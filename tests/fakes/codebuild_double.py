@@ -654,6 +654,7 @@ class CodeBuildDouble:
             self._allowed: frozenset[str] | None = None
             self._elapsed = 0.0  # seconds advance() added to the clock
             self._holds: list[Hold] = []
+            self.idempotency_window = IDEMPOTENCY_WINDOW  # 0: every token is already forgotten
 
     def script_project(self, project: str, scenario: Scenario) -> None:
         """Every later build of `project` (unless a script_next scenario is queued) plays `scenario`."""
@@ -682,13 +683,20 @@ class CodeBuildDouble:
         with self._lock:
             self._faults.append(Fault(operation, code, count, status, message or f"{code} (scripted)"))
 
-    def lose_answers(self, operation: str, code: str = "InternalFailure", *, count: int = 1) -> None:
-        """The next `count` calls of `operation` take effect, then answer `code` (HTTP 500): the
-        caller cannot tell that, say, its StartBuild did start a build."""
+    def lose_answers(
+        self, operation: str, code: str = "InternalFailure", *, count: int = 1, status: int = 500
+    ) -> None:
+        """The next `count` calls of `operation` take effect, then answer `code`: the caller cannot
+        tell that, say, its StartBuild did start a build."""
         with self._lock:
             self._faults.append(
-                Fault(operation, code, count, 500, f"{code} (scripted, after the call took effect)", True)
+                Fault(operation, code, count, status, f"{code} (scripted, after the call took effect)", True)
             )
+
+    def restore_project(self, project: str) -> None:
+        """Undo mark_missing: the project exists (again)."""
+        with self._lock:
+            self._missing.discard(project)
 
     def forget(self, build_id: str) -> None:
         """CodeBuild no longer knows the build (deleted, expired): BatchGetBuilds lists it under
@@ -827,6 +835,7 @@ class CodeBuildDouble:
                     str(data["operation"]),
                     str(data.get("code", "InternalFailure")),
                     count=int(data.get("count", 1)),
+                    status=int(data.get("status", 500)),
                 )
             elif route == ("POST", "/_double/forget"):
                 self.forget(str(data["build_id"]))
@@ -976,7 +985,7 @@ class CodeBuildDouble:
         now = self._now()
         if token is not None and token in self._tokens:
             earlier, build_id, issued = self._tokens[token]
-            if now - issued < IDEMPOTENCY_WINDOW:
+            if now - issued < self.idempotency_window:
                 if earlier != request:
                     raise ServiceError(
                         "IdempotentParameterMismatchException",
@@ -1019,7 +1028,7 @@ class CodeBuildDouble:
         now = self._now()
         if token is not None and f"batch:{token}" in self._tokens:
             earlier, batch_id, issued = self._tokens[f"batch:{token}"]
-            if now - issued < IDEMPOTENCY_WINDOW:
+            if now - issued < self.idempotency_window:
                 if earlier != request:
                     raise ServiceError(
                         "IdempotentParameterMismatchException",
@@ -1096,7 +1105,7 @@ class CodeBuildDouble:
             ids.reverse()
         offset = int(params.get("nextToken") or 0)
         page = ids[offset : offset + LIST_PAGE_SIZE]
-        body: dict[str, Any] = {"ids": page}
+        body: dict[str, Any] = {"ids": page} if page else {}  # the model allows no empty list
         if offset + LIST_PAGE_SIZE < len(ids):
             body["nextToken"] = str(offset + LIST_PAGE_SIZE)
         return body

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,4 +149,141 @@ def test_a_build_codebuild_forgot_is_reported_lost_and_every_other_build_finishe
     assert [states[-1] for states in gitlab_histories(run.gitlab).values()] == ["success"]
     assert run.double.not_found[lost] == 5  # a bounded number of polls, then no more
     assert run.double.calls("BatchGetBuildBatches") == []  # not a batch: no batch call
+    run.assert_only_allowed_calls()
+
+
+# -- issue 20, case 5: an outage dropped accepted deliveries, and nothing could start them again ----------
+
+# Pauses between start attempts of at most a second, and a look for an earlier attempt's build from the
+# first retry on: the time-dependent behaviour without waiting minutes for it.
+FAST_RETRIES = "start_retry_max_delay_seconds = 1\nstart_lookup_after_seconds = 0"
+
+
+def test_a_long_codebuild_outage_waits_and_builds_every_delivery_once(start_run: RunFactory) -> None:
+    run = start_run(FAST_RETRIES)
+    refusals = 12  # more attempts than the 8 after which deliveries used to be dropped
+    run.double.fail("StartBuild", "AccountLimitExceededException", count=refusals)
+    push = github_sent("push", github_payload("push", None, 4), "outage-push")
+
+    assert run.server.post(push.delivery)[0] == 202
+    wait_for(
+        lambda: len(run.github.check_runs) == 1, FINISH_TIMEOUT, "the waiting status", run.server.log_path
+    )
+    (waiting,) = run.github.check_runs.values()
+    assert waiting["status"] == "queued"
+    assert waiting["output"]["title"].startswith("Waiting for CodeBuild: CodeBuild StartBuild")
+    assert "AccountLimitExceededException" in waiting["output"]["title"]
+
+    wait_for(
+        lambda: all_final(run.github, run.gitlab, 1, 0), FINISH_TIMEOUT, "the build", run.server.log_path
+    )
+    calls = run.double.calls("StartBuild")
+    assert len(calls) == refusals + 1
+    assert [call.error_code for call in calls[-1:]] == [None]
+    assert len(run.double.build_ids()) == 1
+    (check_run,) = run.github.check_runs.values()  # the waiting status became the build's
+    assert check_run["conclusion"] == "success"
+    assert run.logged("build start failed for good") == 0
+    run.assert_only_allowed_calls()
+
+
+def test_a_start_whose_answer_was_lost_is_found_not_repeated_once_the_token_is_forgotten(
+    start_run: RunFactory,
+) -> None:
+    run = start_run(FAST_RETRIES)
+    run.double.idempotency_window = 0  # CodeBuild has forgotten every token by the next attempt
+    # The build starts, but the bridge hears a refusal botocore does not retry; the worker does, later.
+    run.double.lose_answers("StartBuild", "AccountLimitExceededException", status=400)
+    push = github_sent("push", github_payload("push", None, 4), "lost-answer-push")
+
+    assert run.server.post(push.delivery)[0] == 202
+    wait_for(
+        lambda: all_final(run.github, run.gitlab, 1, 0), FINISH_TIMEOUT, "the build", run.server.log_path
+    )
+    (build_id,) = run.double.build_ids()  # one build: the retry found it instead of starting another
+    assert len(run.double.calls("StartBuild")) == 1
+    assert run.double.calls("ListBuildsForProject")
+    variables = run.double.build(build_id)["environment"]["environmentVariables"]
+    assert {"name": "BRIDGE_DELIVERY_ID", "value": "lost-answer-push", "type": "PLAINTEXT"} in variables
+    (check_run,) = run.github.check_runs.values()
+    assert check_run["external_id"] == build_id
+    assert check_run["conclusion"] == "success"
+    assert run.logged("found the build an earlier attempt started") == 1
+    run.assert_only_allowed_calls()
+
+
+def test_an_unknown_project_fails_once_with_the_fix_and_redelivery_or_the_cli_start_it_again(
+    start_run: RunFactory,
+) -> None:
+    run = start_run(FAST_RETRIES)
+    run.double.mark_missing("hello-build")
+    run.double.mark_missing("gl-build")
+    push = github_sent("push", github_payload("push", None, 4), "missing-push")
+    gitlab = gitlab_sent(gitlab_payload("push"), "missing-gl-push")
+
+    assert run.server.post(push.delivery)[0] == 202
+    assert run.server.post(gitlab.delivery)[0] == 202
+    wait_for(
+        lambda: all_final(run.github, run.gitlab, 1, 1), FINISH_TIMEOUT, "the failures", run.server.log_path
+    )
+    (failed,) = run.github.check_runs.values()
+    assert failed["conclusion"] == "failure"
+    assert failed["output"]["title"].startswith(
+        "Build not started: CodeBuild StartBuild for project 'hello-build'"
+    )
+    assert "check that the CodeBuild project 'hello-build' exists" in failed["output"]["summary"]
+    assert len(run.double.calls("StartBuild")) == 2  # not retried: no loop against an unknown project
+
+    run.double.restore_project("hello-build")
+    run.double.restore_project("gl-build")
+    assert run.server.post(push.delivery) == (202, {"delivery": "missing-push", "restarted": True})
+    redeliver = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "redeliver",
+            "missing-gl-push",
+            "--config",
+            str(run.server.config_path),
+        ],
+        env=run.server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert redeliver.returncode == 0, redeliver.stderr
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "redeliver",
+            "no-such-delivery",
+            "--config",
+            str(run.server.config_path),
+        ],
+        env=run.server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 1
+    assert "no delivery 'no-such-delivery'" in again.stderr
+
+    wait_for(
+        lambda: (
+            len(run.double.build_ids()) == 2
+            and all_final(run.github, run.gitlab, 1, 1)
+            and next(iter(run.github.check_runs.values()))["conclusion"] == "success"
+            and [s[-1] for s in gitlab_histories(run.gitlab).values()] == ["success"]
+        ),
+        FINISH_TIMEOUT,
+        "both builds",
+        run.server.log_path,
+    )
+    assert len(run.github.check_runs) == 1  # the failed check run itself moved on to the build
+    assert run.server.post(push.delivery) == (200, {"duplicate": "missing-push"})  # started now: a duplicate
     run.assert_only_allowed_calls()
