@@ -282,6 +282,21 @@ def create_app(
             return Ignored(f"re-run requested for {rerun.short_sha}, which this bridge has not built")
         return events.inherit_rerun(rerun, original.event)
 
+    def restart_unstarted(rerun: SourceEvent) -> str | None:
+        """A re-run of a commit whose delivery never started a build (refused for good, or waiting
+        for CodeBuild): that delivery starts again, on the check run or status it already has."""
+        for row in services.store.recent_deliveries(20, repository=rerun.repository, sha=rerun.sha):
+            ours = row.provider == rerun.provider and row.event is not None and row.event.sha == rerun.sha
+            stalled = ours and row.state in ("failed", "pending")
+            if stalled and services.store.restart_delivery(row.delivery_id):
+                return row.delivery_id
+        return None
+
+    def restart(ctx: _Delivery, delivery_id: str) -> Response:
+        services.delivery_queue.enqueue(delivery_id)
+        worker.wake()
+        return answer(ctx, 202, {"delivery": delivery_id, "restarted": True}, "restarted")
+
     def ignore(
         ctx: _Delivery,
         reason: str,
@@ -321,6 +336,9 @@ def create_app(
             rerun = result
             result = rerun_of(rerun)
             if isinstance(result, Ignored):
+                restarted = restart_unstarted(rerun)
+                if restarted is not None:
+                    return restart(ctx, restarted)
                 return ignore(ctx, result.reason, repository=rerun.repository, sha=rerun.sha)
         provider = config.github if result.provider == "github" else config.gitlab
         foreign = routing.foreign_host(result, provider.allowed_hosts if provider is not None else ())
@@ -336,9 +354,7 @@ def create_app(
         if not added:
             if services.store.restart_delivery(delivery_id):
                 # GitHub's Redeliver (same id) of a delivery whose start failed: start it again now.
-                services.delivery_queue.enqueue(delivery_id)
-                worker.wake()
-                return answer(ctx, 202, {"delivery": delivery_id, "restarted": True}, "restarted")
+                return restart(ctx, delivery_id)
             # A replica may have stored the original and died before enqueueing it: enqueue again.
             services.delivery_queue.nudge(delivery_id)
             return answer(ctx, 200, {"duplicate": delivery_id}, "duplicate")

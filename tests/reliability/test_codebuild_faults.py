@@ -287,3 +287,35 @@ def test_an_unknown_project_fails_once_with_the_fix_and_redelivery_or_the_cli_st
     assert len(run.github.check_runs) == 1  # the failed check run itself moved on to the build
     assert run.server.post(push.delivery) == (200, {"duplicate": "missing-push"})  # started now: a duplicate
     run.assert_only_allowed_calls()
+
+
+def test_a_rerun_of_a_commit_whose_build_never_started_starts_that_delivery_again(
+    start_run: RunFactory,
+) -> None:
+    run = start_run(FAST_RETRIES)
+    run.double.mark_missing("hello-build")
+    payload = github_payload("push", None, 4)
+    push = github_sent("push", payload, "never-started-push")
+    assert run.server.post(push.delivery)[0] == 202
+    wait_for(
+        lambda: all_final(run.github, run.gitlab, 1, 0), FINISH_TIMEOUT, "the failure", run.server.log_path
+    )
+    run.double.restore_project("hello-build")
+
+    rerun = github_payload("check_run", "rerequested")
+    rerun["check_run"]["head_sha"] = payload["after"]
+    rerun["repository"] = payload["repository"]
+    answer = run.server.post(github_sent("check_run", rerun, "rerun-click").delivery)
+
+    assert answer == (202, {"delivery": "never-started-push", "restarted": True})
+    wait_for(
+        lambda: (
+            len(run.double.build_ids()) == 1
+            and next(iter(run.github.check_runs.values()))["conclusion"] == "success"
+        ),
+        FINISH_TIMEOUT,
+        "the build",
+        run.server.log_path,
+    )
+    assert len(run.github.check_runs) == 1
+    run.assert_only_allowed_calls()
