@@ -10,6 +10,8 @@ import argparse
 
 from flask import Flask, request
 
+from bridge.app import INTAKE_KEY, Intake
+from bridge.config import ServerSettings
 from bridge.logs import configure_json_logging
 from bridge.server import BridgeServer, server_options
 
@@ -26,6 +28,16 @@ def bare_app() -> Flask:
     def ready() -> str:
         return "{}"
 
+    # Received as bridge's requests are (bridge.intake): in the main loop, body and all, before a
+    # request thread takes it. Nothing is refused from its headers: the bare endpoint checks nothing.
+    defaults = ServerSettings()
+    app.extensions[INTAKE_KEY] = Intake(
+        max_body_bytes=defaults.max_body_bytes,
+        header_timeout_seconds=defaults.header_timeout_seconds,
+        body_timeout_seconds=defaults.body_timeout_seconds,
+        max_inflight_body_bytes=defaults.max_inflight_body_bytes,
+        refused=lambda method, path, _header: method != "POST",
+    )
     return app
 
 

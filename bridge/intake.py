@@ -394,8 +394,11 @@ class IntakeWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no typ
         """Runs from the main loop at least once a second: past-deadline connections are closed."""
         super().murder_pending()
         now = time.monotonic()
+        # A stopping worker does not wait for requests that have not begun to arrive.
         expired: list[Callable[[], None]] = [
-            partial(self._drop, incoming) for incoming in self._incoming.values() if incoming.deadline <= now
+            partial(self._drop, incoming)
+            for incoming in self._incoming.values()
+            if incoming.deadline <= now or (not self.alive and not incoming.buf and not incoming.head)
         ]
         expired += [
             partial(self._end_lingering, lingering)
