@@ -76,10 +76,12 @@ def env_from_request(kwargs: Mapping[str, Any], secrets: Mapping[str, str] = {})
     return env
 
 
-def _load(text: str) -> dict[str, Any]:
+def _load(text: str, batch_entry: str | None = None) -> dict[str, Any]:
     spec = yaml.safe_load(text)
     if not isinstance(spec, dict) or str(spec.get("version")) != "0.2":
         raise UnsupportedBuildspecError("only buildspec version 0.2 is supported")
+    if batch_entry is not None:
+        spec = _batch_build(spec, batch_entry)
     for where, keys, allowed in (
         ("", spec, _SUPPORTED_TOP),
         ("env.", spec.get("env") or {}, _SUPPORTED_ENV),
@@ -94,7 +96,24 @@ def _load(text: str) -> dict[str, Any]:
     unknown = set(spec.get("phases") or {}) - set(PHASES)
     if unknown:
         raise UnsupportedBuildspecError(f"unknown phase {sorted(unknown)[0]}")
-    return spec
+    return dict(spec)
+
+
+def _batch_build(spec: dict[str, Any], identifier: str) -> dict[str, Any]:
+    """One build of a `batch: build-graph` as CodeBuild runs it: the same phases, with the entry's
+    `env.variables` added (its type, image and compute choose the host, which is this machine here)."""
+    graph = (spec.get("batch") or {}).get("build-graph") or []
+    entry = next((e for e in graph if e.get("identifier") == identifier), None)
+    if entry is None:
+        raise UnsupportedBuildspecError(f"no build-graph entry {identifier!r}")
+    unknown = set(entry) - {"identifier", "env", "depend-on"}
+    if unknown or "buildspec" in (entry.get("env") or {}):
+        raise UnsupportedBuildspecError(f"not reproduced by the test runner: build-graph {sorted(unknown)}")
+    build = {key: value for key, value in spec.items() if key != "batch"}
+    env = dict(build.get("env") or {})
+    env["variables"] = {**(env.get("variables") or {}), **((entry.get("env") or {}).get("variables") or {})}
+    build["env"] = env
+    return build
 
 
 def run_buildspec(
@@ -102,11 +121,13 @@ def run_buildspec(
     *,
     env: Mapping[str, str],
     source_dir: Path,
+    batch_entry: str | None = None,
     build_id: str = "bridge-test:00000000-0000-0000-0000-000000000000",
     phase_timeout: float = 600,
 ) -> BuildResult:
-    """Run `text` in `source_dir` with `env` (the StartBuild variables over this process's PATH/HOME)."""
-    spec = _load(text)
+    """Run `text` in `source_dir` with `env` (the StartBuild variables over this process's PATH/HOME);
+    `batch_entry` runs one build of the buildspec's build graph."""
+    spec = _load(text, batch_entry)
     spec_env = spec.get("env") or {}
     shell = str(spec_env.get("shell") or "bash")
     state: dict[str, str] = {key: str(value) for key, value in (spec_env.get("variables") or {}).items()}

@@ -20,7 +20,10 @@ from bridge.errors import InputError
 from bridge.model import BuildOptions
 from bridge.plan import packaged_buildspec, plan_build, start_build_batch_kwargs
 from bridge.routing import build_options
+from tests.buildspec_runner import env_from_request, run_buildspec
+from tests.docker_engine import Registry
 from tests.test_config import GITHUB, parse, route
+from tests.test_image_buildspec import BUSYBOX_IMAGE, SHA, make_source, push_event
 from tests.test_plan import _CODEBUILD_MODEL, GH_PUSH, assert_valid_start_build
 from tests.test_plan import run_buildspec as run_with_fake_tools
 
@@ -128,3 +131,29 @@ def test_the_merge_build_makes_the_index_and_exports_its_digest(tmp_path: Path, 
         assert ["manifest", "push", uri] in docker
         assert digest == "sha256:" + "ef" * 32
     assert not any(args[0] in ("build", "push", "tag") or args[:2] == ["buildx", "build"] for args in docker)
+
+
+def test_the_batch_builds_and_merge_run_for_real(
+    docker_client_env: dict[str, str], registry: Registry, tmp_path: Path
+) -> None:
+    """Each build-graph entry of the multi-platform batch, run in order on the real engine (both 'native'
+    builds are amd64 here: this machine is), then the merge without buildx (docker manifest)."""
+    source = make_source(tmp_path / "src", BUSYBOX_IMAGE, {"app.txt": "v1\n"})
+    options = BuildOptions("p", image_repository=f"{registry.address}/octo/app", platforms=BOTH)
+    kwargs = plan_build(push_event(), options, idempotency_seed="s").start_build_kwargs
+    env = {**docker_client_env, **env_from_request(kwargs), "DOCKER_NETWORK": "none"}
+    results = {
+        entry: run_buildspec(kwargs["buildspecOverride"], env=env, source_dir=source, batch_entry=entry)
+        for entry in ("linux_amd64", "linux_arm64", "merge")
+    }
+    for entry, result in results.items():
+        assert result.status == "SUCCEEDED", f"{entry}:\n{result.log}"
+    assert results["linux_arm64"].exported["BRIDGE_PLATFORM"] == "linux/arm64"
+    per_arch = {arch: registry.manifest("octo/app", f"{SHA}-{arch}") for arch in ("amd64", "arm64")}
+    index = registry.manifest("octo/app", SHA)
+    assert index is not None
+    digest, body = index
+    assert results["merge"].exported["IMAGE_DIGEST"] == digest
+    assert body["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+    assert [m["digest"] for m in body["manifests"]] == [found[0] for found in per_arch.values() if found]
+    assert len(body["manifests"]) == 2
