@@ -782,7 +782,7 @@ def test_an_error_that_cannot_heal_is_not_retried_and_the_status_says_how_to_fix
     assert len(rig.double.calls("StartBuild")) == 1
     (check_run,) = rig.github_api.check_runs.values()
     assert check_run["conclusion"] == "failure"
-    assert "allow codebuild:StartBuild" in check_run["output"]["summary"]
+    assert "**To fix:** allow codebuild:StartBuild" in check_run["output"]["summary"]
 
 
 def test_throttled_calls_are_absorbed_by_botocore_retries(rig: Rig) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
+from bridge.aws import DEFAULT_CREDENTIALS_HINT
 from bridge.errors import BuilderError, CredentialsError
 from bridge.model import BuildRecord, BuildRequest
 from bridge.plan import DELIVERY_ID_VARIABLE, start_build_batch_kwargs
@@ -95,7 +96,7 @@ def aws_call(operation: str, project: str | None) -> Iterator[None]:
     except botocore.exceptions.ClientError as exc:
         raise builder_error(exc, operation=operation, project=project) from exc
     except botocore.exceptions.NoCredentialsError as exc:
-        raise CredentialsError("no AWS credentials found") from exc
+        raise CredentialsError("no AWS credentials found", hint=DEFAULT_CREDENTIALS_HINT) from exc
     except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
         raise BuilderError(
             f"CodeBuild {operation} could not reach AWS: {type(exc).__name__}",

@@ -28,6 +28,7 @@ from tests.e2e.support import (
     config_text,
     github_payload,
     gitlab_payload,
+    secret_env,
 )
 from tests.e2e.test_server import (
     FINISH_TIMEOUT,
@@ -89,12 +90,13 @@ def start_run(
     codebuild_double.allow_only(stack.bridge_codebuild_actions())
     servers: list[Server] = []
 
-    def start(server_settings: str = "") -> Run:
+    def start(server_settings: str = "", *, credentials: bool = True) -> Run:
+        """`credentials=False`: no AWS credentials anywhere (secrets come from env: references)."""
         text = config_text(
             github_url=github_api.url,
             gitlab_url=gitlab_api.url,
             state_path="state.sqlite3",
-            refs="secretsmanager",
+            refs="secretsmanager" if credentials else "env",
             max_body_bytes=MAX_BODY,
         )
         config_path = tmp_path / "bridge.toml"
@@ -106,6 +108,12 @@ def start_run(
             "GITLAB_WEBHOOK_TOKEN": GITLAB_WEBHOOK_TOKEN,
             "PYTHONUNBUFFERED": "1",
         }
+        if not credentials:
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+                env.pop(name, None)
+            env.update(
+                secret_env(github_app_key=github_api.app_keys.private_key_pem, gitlab_token=gitlab_api.token)
+            )
         server = Server(config_path, tmp_path / "server.log", env, free_port())
         servers.append(server)
         server.start()
@@ -319,3 +327,22 @@ def test_a_rerun_of_a_commit_whose_build_never_started_starts_that_delivery_agai
     )
     assert len(run.github.check_runs) == 1
     run.assert_only_allowed_calls()
+
+
+def test_no_aws_credentials_fail_each_delivery_once_with_the_fix_and_no_retry_loop(
+    start_run: RunFactory,
+) -> None:
+    run = start_run(FAST_RETRIES, credentials=False)
+    push = github_sent("push", github_payload("push", None, 4), "no-credentials-push")
+
+    assert run.server.post(push.delivery)[0] == 202
+    wait_for(
+        lambda: all_final(run.github, run.gitlab, 1, 0), FINISH_TIMEOUT, "the failure", run.server.log_path
+    )
+    (check_run,) = run.github.check_runs.values()
+    assert check_run["conclusion"] == "failure"
+    assert check_run["output"]["title"].startswith("Build not started: no AWS credentials found")
+    assert "**To fix:**" in check_run["output"]["summary"]
+    assert run.double.requests == []  # nothing reached CodeBuild
+    assert run.logged("build start failed; will retry") == 0
+    assert run.logged("build start failed for good") == 1
