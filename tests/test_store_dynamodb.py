@@ -429,6 +429,28 @@ def test_claim_delivery_leases_it_until_the_lease_runs_out(any_store: StateStore
     assert any_store.claim_delivery("never-seen") is None
 
 
+def test_a_delivery_whose_start_failed_restarts_and_its_waiting_status_goes_to_its_build(
+    any_store: StateStore, clock: Clock
+) -> None:
+    add(any_store, "d-1")
+    claimed = any_store.claim_delivery("d-1", lease_seconds=30)
+    assert claimed is not None
+    assert (claimed.last_error, claimed.reporter_ref) == (None, None)
+    any_store.mark_retry("d-1", "quota", 100, reporter_ref="check-7")
+    assert any_store.restart_delivery("d-1") is True  # waiting between attempts: due now
+    again = any_store.claim_delivery("d-1", lease_seconds=30)
+    assert again is not None
+    assert (again.last_error, again.reporter_ref) == ("quota", "check-7")
+    any_store.mark_failed("d-1", "unknown project")
+    assert any_store.claim_delivery("d-1") is None
+    assert any_store.restart_delivery("d-1") is True  # failed for good, then fixed: a redelivery
+    assert any_store.claim_delivery("d-1") is not None
+    assert any_store.mark_started("d-1", "proj:b1") is True
+    assert any_store.get_build("proj:b1").reporter_ref == "check-7"  # type: ignore[union-attr]
+    assert any_store.restart_delivery("d-1") is False  # started: a duplicate from now on
+    assert any_store.restart_delivery("never-seen") is False
+
+
 def test_claim_pending_returns_due_deliveries_once(any_store: StateStore, clock: Clock) -> None:
     for index in range(3):
         add(any_store, f"d-{index}")
