@@ -30,6 +30,7 @@ from bridge.builders.base import Builder
 from bridge.core.cache import parse_cache_mode
 from bridge.core.platforms import parse_platforms
 from bridge.core.signing import parse_sign_key
+from bridge.core.trust import Policy, TrustFacts, granted
 from bridge.errors import BridgeError, InputError, ReporterError
 from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, RegistryAuth, SourceEvent
 from bridge.plan import parse_bool, parse_env_vars, plan_build, registry_env
@@ -613,7 +614,14 @@ def _run(env: Mapping[str, str], commands: WorkflowCommands, cancel: Cancellatio
         options = _upload_workspace(
             env, inputs, inputs.workspace, aws.client("s3", session=session), commands
         )
-    request = plan_build(event, options, idempotency_seed=idempotency_seed(env), context_env=context)
+    # The workflow's author chose to run this build; a fork's code still never pushes to the image
+    # repository (bridge.core.trust decides, as for the server's routes).
+    grant = granted(event, Policy.of_options("action", options, forks="allow"), TrustFacts.of(event))
+    for reason in grant.dropped:
+        commands.warning(f"not passed to this build: {reason}")
+    request = plan_build(
+        event, options, grant=grant, idempotency_seed=idempotency_seed(env), context_env=context
+    )
     # The logs and ECR clients are first used after StartBuild: made then, they keep ~60 ms each
     # of service-model loading off the start-up path (bench/startup.py).
     logs: Any = _OnFirstUse(lambda: aws.client("logs", session=session))

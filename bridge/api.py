@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge.context import DEFAULT_MAX_BYTES, upload_context, zip_context
+from bridge.core.trust import Policy, TrustFacts, granted
 from bridge.errors import BridgeError, BuilderError, InputError
 from bridge.model import BuildOptions, BuildStatus, RegistryAuth, SourceEvent
 from bridge.plan import plan_build
@@ -120,7 +121,9 @@ def build(
         server_url="",
     )
     # One call, one build: botocore's retries of this call reuse the token, a second call does not.
-    request = plan_build(event, merged, idempotency_seed=f"api/{uuid.uuid4()}")
+    # The caller's own code and context: the routed repository itself, in the trust table's terms.
+    grant = granted(event, Policy.of_options("api", merged, forks="never"), TrustFacts(fork=False))
+    request = plan_build(event, merged, grant=grant, idempotency_seed=f"api/{uuid.uuid4()}")
     if builder is None:
         from bridge.builders.codebuild import CodeBuildBuilder
 

@@ -29,8 +29,10 @@ from typing import Any, Final, Protocol, TypeVar
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from bridge import events, jsonfast, operator_page, routing, verify
-from bridge.config import Config, Route
+from bridge import events, jsonfast, operator_page, verify
+from bridge.admission import intake
+from bridge.config import Config
+from bridge.core.trust import AwaitingApproval
 from bridge.errors import (
     BadRequestError,
     BridgeError,
@@ -276,11 +278,9 @@ def create_app(
             log.exception("unexpected error handling a delivery", extra={"delivery": ctx.delivery})
             return answer(ctx, 500, {"error": "internal error", "hint": "see the server log"}, "error")
 
-    def rerun_of(rerun: SourceEvent) -> SourceEvent | Ignored:
+    def original_build(rerun: SourceEvent) -> tuple[str, SourceEvent] | None:
         original = services.store.latest_build_of(rerun.provider, rerun.repository, rerun.sha)
-        if original is None:
-            return Ignored(f"re-run requested for {rerun.short_sha}, which this bridge has not built")
-        return events.inherit_rerun(rerun, original.event)
+        return (original.route_name, original.event) if original is not None else None
 
     def restart_unstarted(rerun: SourceEvent) -> str | None:
         """A re-run of a commit whose delivery never started a build (refused for good, or waiting
@@ -330,26 +330,27 @@ def create_app(
         event_name: str,
         repository: str | None,
     ) -> Response:
-        if isinstance(result, Ignored):
-            return ignore(ctx, result.reason, repository=repository)
-        if result.kind == "rerun":
-            rerun = result
-            result = rerun_of(rerun)
-            if isinstance(result, Ignored):
-                restarted = restart_unstarted(rerun)
-                if restarted is not None:
-                    return restart(ctx, restarted)
-                return ignore(ctx, result.reason, repository=rerun.repository, sha=rerun.sha)
-        provider = config.github if result.provider == "github" else config.gitlab
-        foreign = routing.foreign_host(result, provider.allowed_hosts if provider is not None else ())
-        if foreign is not None:
-            log.warning("delivery names a repository host not configured", extra={"reason": foreign.reason})
-            return ignore(ctx, foreign.reason, repository=result.repository, sha=result.sha)
-        matched: Route | Ignored = routing.match_route(result, config.routes)
-        if isinstance(matched, Ignored):
-            return ignore(ctx, matched.reason, repository=result.repository, sha=result.sha)
+        if isinstance(result, SourceEvent) and result.kind == "rerun" and original_build(result) is None:
+            restarted = restart_unstarted(result)
+            if restarted is not None:
+                return restart(ctx, restarted)
+        outcome = intake(config, result, original_build=original_build, approved_sha=services.approved_sha)
+        if isinstance(outcome, Ignored):
+            where = result if isinstance(result, SourceEvent) else None
+            return ignore(
+                ctx,
+                outcome.reason,
+                repository=where.repository if where is not None else repository,
+                sha=where.sha if where is not None else None,
+            )
+        if isinstance(outcome, AwaitingApproval):
+            ctx.route = outcome.route
+            return answer(ctx, 200, {"waiting": outcome.reason}, "waiting")
+        matched, result = outcome.route, outcome.event
         ctx.route = matched.name
         ctx.fields.update(repository=result.repository, sha=result.sha)
+        if outcome.grant.dropped:
+            ctx.fields["dropped"] = list(outcome.grant.dropped)
         added = services.store.add_delivery(delivery_id, result.provider, event_name, matched.name, result)
         if not added:
             if services.store.restart_delivery(delivery_id):

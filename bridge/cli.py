@@ -150,7 +150,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bridge import events, routing
+    from bridge.admission import intake
     from bridge.config import load_config
+    from bridge.core.trust import AwaitingApproval
     from bridge.model import Ignored
     from bridge.plan import plan_build
     from bridge.worker import idempotency_seed
@@ -179,25 +181,32 @@ def _plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             result = events.from_gitlab(args.event, payload)
     except BadRequestError as exc:  # a payload of the wrong shape is the user's input, as the file is
         raise InputError("--payload", exc.message, hint=exc.hint or None) from None
-    if not isinstance(result, Ignored):
-        matched = routing.match_route(result, config.routes)
-        if isinstance(matched, Ignored):
-            result = matched
-        else:
-            request = plan_build(
-                result,
-                routing.build_options(matched, result),
-                idempotency_seed=idempotency_seed(args.delivery_id, matched.name),
-                delivery_id=args.delivery_id,
-            )
-            print(f"route: {matched.name}", file=err)
-            if request.image_uri:
-                print(f"image: {request.image_uri}", file=err)
-            # The JSON is exactly StartBuild's input: `aws codebuild start-build --cli-input-json` takes it.
-            json.dump(dict(request.start_build_kwargs), out, indent=2, sort_keys=True)
-            out.write("\n")
-            return 0
-    json.dump({"ignored": result.reason}, out, indent=2)
+    approved: str | None = args.approved_sha
+    # The server's own intake: the same host check, route and trust decision as a real delivery.
+    outcome = intake(config, result, approved_sha=lambda event: approved)
+    if isinstance(outcome, AwaitingApproval):
+        print(f"route: {outcome.route}", file=err)
+        json.dump({"waiting": outcome.reason}, out, indent=2)
+        out.write("\n")
+        return EXIT_IGNORED
+    if not isinstance(outcome, Ignored):
+        request = plan_build(
+            outcome.event,
+            routing.build_options(outcome.route, outcome.event),
+            grant=outcome.grant,
+            idempotency_seed=idempotency_seed(args.delivery_id, outcome.route.name),
+            delivery_id=args.delivery_id,
+        )
+        print(f"route: {outcome.route.name}", file=err)
+        for line in outcome.grant.describe():
+            print(f"grant: {line}", file=err)
+        if request.image_uri:
+            print(f"image: {request.image_uri}", file=err)
+        # The JSON is exactly StartBuild's input: `aws codebuild start-build --cli-input-json` takes it.
+        json.dump(dict(request.start_build_kwargs), out, indent=2, sort_keys=True)
+        out.write("\n")
+        return 0
+    json.dump({"ignored": outcome.reason}, out, indent=2)
     out.write("\n")
     return EXIT_IGNORED
 
@@ -475,6 +484,11 @@ def build_parser(prog: str = "bridge") -> argparse.ArgumentParser:
         "--delivery-id",
         default=PLAN_DELIVERY_ID,
         help="delivery id the idempotency token is derived from (default: %(default)s)",
+    )
+    plan.add_argument(
+        "--approved-sha",
+        metavar="SHA",
+        help="plan a fork's change as if a maintainer had approved this head commit (forks = approve)",
     )
 
     check = commands.add_parser("check-config", help="validate a routing file")

@@ -147,6 +147,7 @@ class Route:
     tags: tuple[str, ...] = ("*",)
     drafts: bool = False
     forks: ForkPolicy = "never"
+    fork_image_repository: str | None = None
     builder: str = "codebuild"
     source_mode: SourceMode = "native"
     clone_token: SecretRef | None = None
@@ -600,10 +601,23 @@ _ROUTE_KEYS = (
     _Key(
         "forks",
         "string",
-        "Pull/merge requests from forks: never build them, build them without secret variables, or "
-        "build them like any other (only for repositories where every fork author is trusted).",
+        "Pull/merge requests from forks: `never` build them; `without-secrets`: build them with no "
+        "secret or parameter-store variable, no registry credentials and no clone token; `approve`: "
+        "wait until a maintainer approves the head commit, then build it with the route's variables; "
+        "`allow`: build every fork commit with the route's variables (only where every fork author is "
+        "trusted). A fork build never pushes to image_repository or writes the layer cache: it pushes "
+        "only to fork_image_repository, as pr-<n>-<sha>. See SECURITY.md.",
         default="never",
-        choices=("never", "without-secrets", "allow"),
+        choices=("never", "without-secrets", "approve", "allow"),
+    ),
+    _Key(
+        "fork_image_repository",
+        "string",
+        "Registry/repository that fork builds push to, tagged pr-<n>-<sha> (never image_repository). "
+        "Unset: fork builds build the image without pushing it.",
+        default_doc="(none: fork builds do not push)",
+        pattern=_IMAGE_REPOSITORY,
+        form="REGISTRY/REPOSITORY without a tag, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/web-forks",
     ),
     _Key(
         "project",
@@ -662,7 +676,7 @@ _ROUTE_KEYS = (
         "table",
         "Extra environment variables. Values as in the Action's env-vars: a plain value, "
         "secretsmanager:ID[#json-key] (or CodeBuild's id:json-key:stage:version form) or ssm:/parameter. "
-        "Fork builds under forks = without-secrets get only the plain ones.",
+        "Fork builds get only the plain ones unless approved (forks = approve) or allowed (forks = allow).",
         default_doc="{}",
         form="NAME = VALUE table of strings",
     ),
@@ -708,8 +722,8 @@ _ROUTE_KEYS = (
         "secret",
         "Registry login for the build: a Secrets Manager JSON secret with `username` and `password`, "
         "handed to the build as SECRETS_MANAGER variables (REGISTRY_USERNAME/REGISTRY_PASSWORD). Not "
-        "needed for ECR, where the project's role logs in. Fork builds under forks = without-secrets "
-        "do not get it.",
+        "needed for ECR, where the project's role logs in. Fork builds get it only when approved "
+        "(forks = approve) or allowed (forks = allow).",
         default_doc="(none)",
         schemes=("secretsmanager",),
     ),
@@ -1338,6 +1352,13 @@ class _Reader:
                         hint=f"allowed for {provider}: {', '.join(allowed)}",
                     )
         self.source_mode(values, path)
+        fork_repository = values["fork_image_repository"]
+        if isinstance(fork_repository, str) and fork_repository == values["image_repository"]:
+            self.error(
+                f"{path}.fork_image_repository",
+                "is the route's image_repository: fork builds must never push where trusted images live",
+                hint="give fork builds a repository of their own, or remove fork_image_repository",
+            )
         image_tag = values["image_tag"]
         if isinstance(image_tag, str):
             self.image_tag(image_tag, f"{path}.image_tag")
@@ -1355,6 +1376,7 @@ class _Reader:
             tags=values["tags"],
             drafts=values["drafts"],
             forks=values["forks"],
+            fork_image_repository=values["fork_image_repository"],
             builder=values["builder"],
             source_mode=values["source_mode"],
             clone_token=values["clone_token"],

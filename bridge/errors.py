@@ -92,3 +92,10 @@ class ReporterError(BridgeError):
     def __init__(self, message: str, *, retryable: bool = False, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.retryable = retryable
+
+
+class NotGrantedError(BridgeError):
+    """The trust decision refused a build that was accepted earlier (the route or an approval changed)."""
+
+    exit_code = 2
+    http_status = 403

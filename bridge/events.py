@@ -22,7 +22,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from bridge.core.approval import ApprovalCommand, matches_command, number_of_action
@@ -315,10 +315,12 @@ def _github_pull_request(root: _Fields, event_name: str, site: _GitHubSite) -> S
     branch = head.text("ref")
     base_branch = base.text("ref")
     head_repo = head.maybe_obj("repo")
+    private = False
     if head_repo is None:
         head_full_name, clone_url = repository, site.clone_url
     else:
         head_full_name, clone_url = head_repo.text("full_name"), head_repo.text("clone_url")
+        private = head_repo.flag("private")
     return SourceEvent(
         provider="github",
         kind="pull_request",
@@ -336,6 +338,7 @@ def _github_pull_request(root: _Fields, event_name: str, site: _GitHubSite) -> S
         head_repository=head_full_name,
         is_fork=head_full_name.lower() != repository.lower(),
         is_draft=pr.flag("draft"),
+        source_private=private,
         api_url=site.api_url,
         installation_id=site.installation_id,
         sender=site.sender,
@@ -610,6 +613,9 @@ def _gitlab_push(root: _Fields) -> SourceEvent | Ignored:
     )
 
 
+_GITLAB_PUBLIC: Final = 20
+
+
 def _gitlab_merge_request(root: _Fields) -> SourceEvent | Ignored:
     attrs = root.obj("object_attributes")
     action = attrs.text("action")
@@ -653,6 +659,8 @@ def _gitlab_change(root: _Fields, attrs: _Fields, action: str) -> SourceEvent | 
         head_repository=source_path,
         is_fork=source_project_id != target_project_id,
         is_draft=attrs.flag("draft") or attrs.flag("work_in_progress"),
+        # 0 private, 10 internal, 20 public: only a public project clones without a token.
+        source_private=source.maybe_integer("visibility_level") not in (None, _GITLAB_PUBLIC),
         api_url=project.server_url + "/api/v4",
         project_id=source_project_id,
         source_project_id=source_project_id,

@@ -19,7 +19,7 @@ EventKind = Literal["push", "tag", "pull_request", "merge_request", "manual", "r
 
 EnvVarType = Literal["PLAINTEXT", "SECRETS_MANAGER", "PARAMETER_STORE"]
 
-ForkPolicy = Literal["never", "without-secrets", "allow"]
+ForkPolicy = Literal["never", "without-secrets", "approve", "allow"]
 
 SourceMode = Literal["native", "clone"]
 # Where the image build's layer cache lives (bridge.core.cache): the registry (buildx cache manifests, or
@@ -60,6 +60,7 @@ class SourceEvent:
     sender: str | None = None  # login / username of whoever triggered it
     check_run_id: int | None = None  # for check_run.rerequested: the run being re-run
     default_branch: str | None = None  # the repository's default branch, where the payload says it
+    source_private: bool = False  # the head repository is private/internal: cloning it needs a token
 
     @property
     def short_sha(self) -> str:
@@ -117,7 +118,6 @@ class BuildOptions:
     build_image: str | None = None
     privileged_mode: bool | None = None
     timeout_minutes: int | None = None
-    include_secrets: bool = True  # False for fork PRs under `without-secrets`: drop secret variables
     extra_overrides: Mapping[str, Any] = field(default_factory=dict)  # other StartBuild kwargs, passed as is
     batch: bool = False  # StartBuildBatch instead of StartBuild (the buildspec's `batch:` section decides)
     registry: RegistryAuth | None = None  # explicit registry login; None: the build role (ECR) or nothing

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from bridge.core.cache import LOCAL_CACHE_OVERRIDE, plan_cache
 from bridge.core.platforms import ARCH_SUFFIX, MAX_TAG, is_multi, native_overrides
+from bridge.core.trust import Grant, Policy, TrustFacts, granted
 from bridge.errors import ConfigError, InputError
 from bridge.model import BuildOptions, BuildRequest, EnvVar, RegistryAuth, SourceEvent
 
@@ -320,16 +321,25 @@ def plan_build(
     event: SourceEvent,
     options: BuildOptions,
     *,
+    grant: Grant | None = None,
     idempotency_seed: str,
     context_env: Mapping[str, str] = {},
     delivery_id: str | None = None,
 ) -> BuildRequest:
-    """Build the StartBuild kwargs. The same seed and request always give the same token, so a
-    retried call does not start a second build, while a different request never reuses one.
+    """Build the StartBuild kwargs for what `grant` (core.trust.decide) allows, and nothing more.
+
+    `options` are the route's (or the Action's) settings; the grant says which of them this build
+    gets: secret variables, the clone token, where it pushes. Without a grant, the options' own
+    decision applies: everything for the repository's own code, nothing trusted for a fork's
+    (forks = without-secrets). The same seed and request always give the same token, so a retried
+    call does not start a second build, while a different request never reuses one.
 
     `delivery_id` (the webhook server's) goes into the build's BRIDGE_DELIVERY_ID variable: once
     CodeBuild has forgotten the token (5 minutes), that is how a retry finds a build an earlier
     attempt started."""
+    if grant is None:
+        policy = Policy.of_options(options.project_name, options, forks="without-secrets")
+        grant = granted(event, policy, TrustFacts.of(event))
     clone_mode = options.source_mode == "clone"
     if clone_mode and event.provider != "gitlab":
         raise ConfigError(
@@ -344,18 +354,26 @@ def plan_build(
     if delivery_id is not None:
         bridge_env.append(EnvVar(DELIVERY_ID_VARIABLE, delivery_id))
 
-    if options.image_repository:
-        tag = render_image_tag(options.image_tag, event)
-        image_uri = compose_image_uri(options.image_repository, tag)
+    if grant.push and grant.image_repository:
+        tag = render_image_tag(grant.image_tag, event)
+        image_uri = compose_image_uri(grant.image_repository, tag)
         bridge_env += [
-            EnvVar("IMAGE_REPOSITORY", options.image_repository.strip()),
+            EnvVar("IMAGE_REPOSITORY", grant.image_repository.strip()),
             EnvVar("IMAGE_TAG", tag),
             EnvVar("IMAGE_URI", image_uri),
         ]
-        cache = plan_cache(event, options.image_repository.strip(), options.cache, write=options.cache_write)
+    elif grant.builds_image:
+        # The packaged buildspecs build the image and skip the login and the push.
+        bridge_env.append(EnvVar("BRIDGE_PUSH", "false"))
+    builds_image = image_uri is not None or grant.builds_image
+    if image_uri is not None and options.image_repository:
+        # Read from the route's cache; written only by builds the grant trusts to (never a fork's).
+        write = options.cache_write and grant.cache_write
+        cache = plan_cache(event, options.image_repository.strip(), options.cache, write=write)
         bridge_env += cache.env()
-        if options.sign_key and not event.is_fork:  # a fork's build never signs with the project's key
-            bridge_env.append(EnvVar("BRIDGE_SIGN_KEY", options.sign_key))
+    if image_uri is not None and options.sign_key and grant.source == "repository":
+        # Only the repository's own code is signed with the project's key: never a fork's, approved or not.
+        bridge_env.append(EnvVar("BRIDGE_SIGN_KEY", options.sign_key))
 
     buildspec = options.buildspec or None
     multi = is_multi(options.platforms)
@@ -363,10 +381,10 @@ def plan_build(
         _check_multi_platform(options, image_uri, clone_mode=clone_mode)
         buildspec = packaged_buildspec("buildspec-multiarch.yml")
     if clone_mode:
-        bridge_env += _clone_env(event, options)
+        bridge_env += _clone_env(event, options, grant)
         kwargs["sourceTypeOverride"] = "NO_SOURCE"
         if buildspec is None:
-            if image_uri is None:
+            if not builds_image:
                 raise ConfigError(
                     "clone mode without a buildspec needs an image repository to build",
                     key="image_repository",
@@ -375,33 +393,30 @@ def plan_build(
             buildspec = packaged_buildspec("buildspec-gitlab-clone.yml")
     elif options.source_type == "S3":
         _add_s3_source(kwargs, options)
-        if buildspec is None and image_uri is not None:
+        if buildspec is None and builds_image:
             buildspec = packaged_buildspec("buildspec-image.yml")
     else:
-        kwargs["sourceVersion"] = options.source_version or event.sha
+        kwargs["sourceVersion"] = options.source_version or grant.sha
         kwargs["sourceLocationOverride"] = (
             options.source_location
-            or event.clone_url
+            or grant.fetch_url
             or f"{event.server_url.rstrip('/')}/{event.repository}.git"
         )
         kwargs["sourceTypeOverride"] = options.source_type or source_type_for(event)
-        if buildspec is None and image_uri is not None:
+        if buildspec is None and builds_image:
             buildspec = packaged_buildspec("buildspec-image.yml")
-    if options.registry is not None:
+    if options.registry is not None and grant.secrets:
         bridge_env += registry_env(options.registry)
 
-    env = _merge_env(bridge_env, options.env_vars, include_secrets=options.include_secrets)
-    if not options.include_secrets:
-        # A fork's Dockerfile runs in the build: it must not get the credentials to push as us.
-        env = [v for v in env if not v.name.startswith(_REGISTRY_PREFIX) or v.type == "PLAINTEXT"]
+    env = _merge_env(bridge_env, options.env_vars, secrets=grant.secrets)
     if env:
         kwargs["environmentVariablesOverride"] = [
             {"name": v.name, "value": v.value, "type": v.type} for v in env
         ]
     if buildspec is not None:
         kwargs["buildspecOverride"] = buildspec
-    _add_environment_overrides(kwargs, options, builds_image=image_uri is not None)
-    if options.cache == "local":
+    _add_environment_overrides(kwargs, options, builds_image=builds_image)
+    if options.cache == "local" and grant.cache_write:
         kwargs["cacheOverride"] = dict(LOCAL_CACHE_OVERRIDE)
     for key, value in options.extra_overrides.items():
         if key in _PROTECTED_KWARGS:
@@ -459,7 +474,6 @@ def _add_s3_source(kwargs: dict[str, Any], options: BuildOptions) -> None:
 
 # --- registry credentials --------------------------------------------------------------------------
 
-_REGISTRY_PREFIX = "REGISTRY_"
 _REGISTRY_FORM = "secretsmanager:SECRET_NAME_OR_ARN[#json-key]"
 
 
@@ -531,9 +545,10 @@ def _event_env(event: SourceEvent) -> list[EnvVar]:
     return env
 
 
-def _clone_env(event: SourceEvent, options: BuildOptions) -> list[EnvVar]:
-    """The clone token stays even for fork MRs without secrets: it is needed to fetch the commit and
-    the packaged buildspec unsets it before any of the repository's code runs."""
+def _clone_env(event: SourceEvent, options: BuildOptions, grant: Grant) -> list[EnvVar]:
+    """The clone URL and commit, and the clone token when the grant allows it (the packaged buildspec
+    unsets it before any of the repository's code runs); without it a public project is cloned
+    anonymously."""
     if options.source_type not in (None, "NO_SOURCE"):
         raise ConfigError(
             f"clone mode builds with NO_SOURCE; source type {options.source_type} contradicts it",
@@ -556,14 +571,17 @@ def _clone_env(event: SourceEvent, options: BuildOptions) -> list[EnvVar]:
         )
     body = ref.removeprefix(_SECRETS_PREFIX)
     token = secrets_manager_value(body, input_name="clone_token")
-    return [
-        EnvVar("BRIDGE_CLONE_URL", options.source_location or event.clone_url),
-        EnvVar("BRIDGE_COMMIT_SHA", options.source_version or event.sha),
-        EnvVar("BRIDGE_CLONE_TOKEN", token, "SECRETS_MANAGER"),
+    env = [
+        EnvVar("BRIDGE_CLONE_URL", options.source_location or grant.fetch_url),
+        EnvVar("BRIDGE_COMMIT_SHA", options.source_version or grant.sha),
     ]
+    if grant.clone_token:
+        env.append(EnvVar("BRIDGE_CLONE_TOKEN", token, "SECRETS_MANAGER"))
+    return env
 
 
-def _merge_env(bridge: Iterable[EnvVar], user: Iterable[EnvVar], *, include_secrets: bool) -> list[EnvVar]:
+def _merge_env(bridge: Iterable[EnvVar], user: Iterable[EnvVar], *, secrets: bool) -> list[EnvVar]:
+    """The bridge's variables, then the user's; secret and parameter-store ones only when granted."""
     merged = list(bridge)
     owned = {v.name for v in merged}
     for var in user:
@@ -573,7 +591,7 @@ def _merge_env(bridge: Iterable[EnvVar], user: Iterable[EnvVar], *, include_secr
                 f"{var.name} is set by bridge and cannot be overridden",
                 hint="rename the variable",
             )
-        if include_secrets or var.type == "PLAINTEXT":
+        if secrets or var.type == "PLAINTEXT":
             merged.append(var)
     return merged
 

@@ -139,11 +139,8 @@ def _lowercase(hosts: tuple[str, ...]) -> frozenset[str]:
 
 
 def build_options(route: Route, event: SourceEvent) -> BuildOptions:
-    """The route's settings as BuildOptions for plan.plan_build.
-
-    A fork's code gets secret variables only where the route says `forks = "allow"`; under "never"
-    a fork never reaches this point, and dropping them anyway costs nothing if it somehow does.
-    """
+    """The route's settings as BuildOptions for plan.plan_build: all of them. Which of them a build
+    gets is the Grant's to say (bridge.core.trust.decide)."""
     clone = route.source_mode == "clone"
     return BuildOptions(
         project_name=route.project,
@@ -157,7 +154,6 @@ def build_options(route: Route, event: SourceEvent) -> BuildOptions:
         build_image=route.build_image,
         privileged_mode=route.privileged_mode,
         timeout_minutes=route.timeout_minutes,
-        include_secrets=not event.is_fork or route.forks == "allow",
         extra_overrides=dict(route.overrides),
         batch=route.batch,
         registry=(

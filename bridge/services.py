@@ -137,6 +137,13 @@ class Services:
     def build_options(self, route: Route, event: SourceEvent) -> BuildOptions:
         return routing.build_options(route, event)
 
+    def approved_sha(self, event: SourceEvent) -> str | None:
+        """The head SHA a maintainer approved for the event's change (forks = approve), or None.
+
+        Read by the intake and again by the worker, through bridge.core.trust.decide only.
+        """
+        return None
+
     def reporter_for(self, event: SourceEvent, route_name: str) -> StatusReporter | None:
         return self.reporters(event, self.route(route_name))
 

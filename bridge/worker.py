@@ -45,6 +45,7 @@ import botocore.exceptions
 
 from bridge.builders.base import Builder
 from bridge.core.activity import status_record
+from bridge.core.trust import TrustFacts, granted
 from bridge.errors import BridgeError, ConfigError, CredentialsError, SecretError
 from bridge.model import BuildRecord, BuildRequest, BuildStatus, SourceEvent
 from bridge.pace import Pacer
@@ -412,9 +413,13 @@ class Worker:
         }
         try:
             route = services.route(route_name)
+            # Decided again now: the route (or an approval) may have changed since the delivery was acked.
+            approved = services.approved_sha(event) if event.is_fork else None
+            grant = granted(event, route, TrustFacts.of(event, approved_sha=approved))
             request = plan_build(
                 event,
                 services.build_options(route, event),
+                grant=grant,
                 idempotency_seed=idempotency_seed(delivery_id, route_name),
                 delivery_id=delivery_id,
             )
@@ -473,6 +478,7 @@ class Worker:
             lease_owner=self._owner,
             lease_seconds=self._lease_seconds,
             request_json=_request_json(request),
+            grant_json=json.dumps(grant.record(), sort_keys=True),
         )
         self._queue.done(job)
         if recorded is False:

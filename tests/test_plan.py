@@ -26,8 +26,9 @@ from botocore.validate import ParamValidator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.core.trust import Policy, TrustFacts, granted
 from bridge.errors import ConfigError, InputError
-from bridge.model import BuildOptions, EnvVar, SourceEvent
+from bridge.model import BuildOptions, EnvVar, ForkPolicy, SourceEvent
 from bridge.plan import (
     compose_image_uri,
     idempotency_token,
@@ -308,16 +309,23 @@ def test_clone_mode_with_own_buildspec_keeps_clone_variables() -> None:
     assert {"BRIDGE_CLONE_URL", "BRIDGE_COMMIT_SHA", "BRIDGE_CLONE_TOKEN"} <= set(env_of(kwargs))
 
 
-def test_clone_token_survives_without_secrets_but_user_secrets_do_not() -> None:
+@pytest.mark.parametrize(("forks", "trusted"), [("without-secrets", False), ("allow", True)])
+def test_a_fork_gets_the_clone_token_and_secrets_only_when_trusted(forks: ForkPolicy, trusted: bool) -> None:
+    fork_mr = replace(GL_SELF_MR, is_fork=True, clone_url="https://gitlab.example.com/someone/app.git")
     options = replace(
-        CLONE,
-        include_secrets=False,
-        env_vars=(EnvVar("API_KEY", "prod/api", "SECRETS_MANAGER"), EnvVar("MODE", "ci")),
+        CLONE, env_vars=(EnvVar("API_KEY", "prod/api", "SECRETS_MANAGER"), EnvVar("MODE", "ci"))
     )
-    env = env_of(plan_build(GL_SELF_MR, options, idempotency_seed=SEED).start_build_kwargs)
-    assert env["BRIDGE_CLONE_TOKEN"][1] == "SECRETS_MANAGER"
-    assert "API_KEY" not in env
+    grant = granted(fork_mr, Policy.of_options("r", options, forks=forks), TrustFacts.of(fork_mr))
+    kwargs = plan_build(fork_mr, options, grant=grant, idempotency_seed=SEED).start_build_kwargs
+    assert_valid_start_build(kwargs)
+    env = env_of(kwargs)
+    assert ("BRIDGE_CLONE_TOKEN" in env) is trusted
+    assert ("API_KEY" in env) is trusted
     assert env["MODE"] == ("ci", "PLAINTEXT")
+    assert env["BRIDGE_CLONE_URL"] == (fork_mr.clone_url, "PLAINTEXT")
+    # Either way the fork never pushes to the route's repository: the packaged buildspec only builds.
+    assert "IMAGE_URI" not in env
+    assert env["BRIDGE_PUSH"] == ("false", "PLAINTEXT")
 
 
 @pytest.mark.parametrize(
@@ -399,11 +407,12 @@ def test_image_variable_names_are_free_without_an_image() -> None:
     assert env["IMAGE_URI"] == ("ghcr.io/me/x:1", "PLAINTEXT")
 
 
-@pytest.mark.parametrize("include_secrets", [True, False])
-def test_include_secrets(include_secrets: bool) -> None:
+@pytest.mark.parametrize(("forks", "include_secrets"), [("allow", True), ("without-secrets", False)])
+def test_secret_variables_follow_the_grant(forks: ForkPolicy, include_secrets: bool) -> None:
     user = parse_env_vars("PLAIN=1\nSM=secretsmanager:prod/db#password\nPS=ssm:/prod/url\n")
-    options = BuildOptions("p", env_vars=user, include_secrets=include_secrets)
-    kwargs = plan_build(GH_FORK_PR, options, idempotency_seed=SEED).start_build_kwargs
+    options = BuildOptions("p", env_vars=user)
+    grant = granted(GH_FORK_PR, Policy.of_options("r", options, forks=forks), TrustFacts.of(GH_FORK_PR))
+    kwargs = plan_build(GH_FORK_PR, options, grant=grant, idempotency_seed=SEED).start_build_kwargs
     assert_valid_start_build(kwargs)
     env = env_of(kwargs)
     assert env["PLAIN"] == ("1", "PLAINTEXT")
@@ -447,6 +456,7 @@ def test_buildspec_override(options: BuildOptions, expected: str | None) -> None
 @pytest.mark.parametrize("event", [*ALL_EVENTS[:4], replace(GH_PUSH, branch="$(touch pwned)`id`")])
 def test_packaged_buildspec_is_never_templated(event: SourceEvent) -> None:
     """The buildspec text is byte-identical whatever the event: values travel only as variables."""
+    event = replace(event, is_fork=False)  # a trusted build: the one that renders a tag and pushes
     options = BuildOptions("p", image_repository="ghcr.io/octo/app", image_tag="b-{branch}-{short_sha}")
     if event.branch is None:
         options = replace(options, image_tag="{ref_slug}")
@@ -532,7 +542,7 @@ def test_extra_overrides_cannot_replace_protected_keys(key: str) -> None:
 
 def test_image_request_fields() -> None:
     options = BuildOptions("p", image_repository=ECR_REPO, image_tag="{branch}-{short_sha}")
-    request = plan_build(GH_FORK_PR, options, idempotency_seed=SEED)
+    request = plan_build(replace(GH_FORK_PR, is_fork=False), options, idempotency_seed=SEED)
     assert request.image_uri == f"{ECR_REPO}:feature-x-{HEAD_SHA[:7]}"
     assert request.project_name == "p"
     env = env_of(request.start_build_kwargs)
@@ -1154,9 +1164,10 @@ def test_clone_buildspec_shares_the_image_steps() -> None:
 def test_clone_buildspec_only_uses_the_token_through_builtins() -> None:
     uses = [line.strip() for cmd in _commands("buildspec-gitlab-clone.yml") for line in cmd.splitlines()]
     token_lines = [line for line in uses if "BRIDGE_CLONE_TOKEN" in line]
-    assert len(token_lines) == 2
-    assert token_lines[0].startswith('GIT_CONFIG_VALUE_0="Authorization: Basic $(printf ')
-    assert token_lines[1].startswith("unset ")
+    assert len(token_lines) == 3
+    assert token_lines[0] == 'if [ -n "${BRIDGE_CLONE_TOKEN:-}" ]; then'  # absent for a fork's build
+    assert token_lines[1].startswith('GIT_CONFIG_VALUE_0="Authorization: Basic $(printf ')
+    assert token_lines[2].startswith("unset ")
 
 
 # --- running the buildspecs with bash against fake docker / aws / git ---------------------------------
@@ -1432,3 +1443,10 @@ def test_batch_with_a_build_only_override_fails_at_planning(override: str) -> No
     with pytest.raises(InputError, match=override) as raised:
         plan_build(GH_PUSH, options, idempotency_seed=SEED)
     assert raised.value.name == "batch"
+
+
+def test_without_a_grant_a_fork_gets_nothing_trusted() -> None:
+    options = BuildOptions("p", image_repository="ghcr.io/octo/app", env_vars=parse_env_vars("SM=ssm:/x"))
+    env = env_of(plan_build(GH_FORK_PR, options, idempotency_seed=SEED).start_build_kwargs)
+    assert "SM" not in env
+    assert "IMAGE_URI" not in env

@@ -17,9 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.config import Route, parse_config
+from bridge.core.trust import Policy, TrustFacts, granted
 from bridge.errors import InputError
-from bridge.model import BuildOptions, EnvVar, RegistryAuth
+from bridge.model import BuildOptions, EnvVar, ForkPolicy, RegistryAuth
 from bridge.plan import plan_build, registry_env, start_build_batch_kwargs
+from bridge.routing import build_options
 from tests.test_plan import (
     ECR_REPO,
     GH_FORK_PR,
@@ -112,11 +115,11 @@ def test_values_are_refused_and_never_echoed(auth: RegistryAuth, input_name: str
 
 def test_fork_builds_without_secrets_get_no_registry_credentials() -> None:
     auth = RegistryAuth.from_json_secret("secretsmanager:ghcr", server="ghcr.io")
-    options = replace(BASE, registry=auth, include_secrets=False)
-    env = env_of(plan_build(GH_FORK_PR, options, idempotency_seed=SEED).start_build_kwargs)
-    assert "REGISTRY_USERNAME" not in env
-    assert "REGISTRY_PASSWORD" not in env
-    assert env["REGISTRY_SERVER"] == ("ghcr.io", "PLAINTEXT")
+    options = replace(BASE, registry=auth)
+    policy = Policy.of_options("r", options, forks="without-secrets")
+    grant = granted(GH_FORK_PR, policy, TrustFacts(fork=True))
+    env = env_of(plan_build(GH_FORK_PR, options, grant=grant, idempotency_seed=SEED).start_build_kwargs)
+    assert not [name for name in env if name.startswith("REGISTRY_")]
 
 
 def test_credentials_set_both_ways_is_an_error() -> None:
@@ -150,9 +153,11 @@ _references = st.one_of(
 def test_no_input_ever_puts_a_credential_in_plaintext(
     username: str, password: str, include_secrets: bool
 ) -> None:
-    options = replace(BASE, registry=RegistryAuth(username, password), include_secrets=include_secrets)
+    options = replace(BASE, registry=RegistryAuth(username, password))
+    forks: ForkPolicy = "allow" if include_secrets else "without-secrets"
+    grant = granted(GH_FORK_PR, Policy.of_options("r", options, forks=forks), TrustFacts(fork=True))
     try:
-        request = plan_build(GH_PUSH, options, idempotency_seed=SEED)
+        request = plan_build(GH_FORK_PR, options, grant=grant, idempotency_seed=SEED)
     except InputError as error:
         message = str(error)
         request = None
@@ -161,7 +166,7 @@ def test_no_input_ever_puts_a_credential_in_plaintext(
             if len(value) > len("secretsmanager:") + 3:
                 assert value not in message
         return
-    without = plan_build(GH_PUSH, replace(options, registry=None), idempotency_seed=SEED)
+    without = plan_build(GH_FORK_PR, replace(options, registry=None), grant=grant, idempotency_seed=SEED)
     plain = [
         v for v in request.start_build_kwargs["environmentVariablesOverride"] if v["type"] == "PLAINTEXT"
     ]
@@ -302,11 +307,11 @@ forks = "without-secrets"
 
 
 def _route_options(tmp_path: Path, extra: str, event: Any = GH_PUSH) -> BuildOptions:
-    from bridge.config import parse_config
-    from bridge.routing import build_options
+    return build_options(_route(tmp_path, extra), event)
 
-    config = parse_config(ROUTE.format(extra=extra), base_dir=tmp_path)
-    return build_options(config.routes[0], event)
+
+def _route(tmp_path: Path, extra: str) -> Route:
+    return parse_config(ROUTE.format(extra=extra), base_dir=tmp_path).routes[0]
 
 
 def test_route_registry_credentials_and_batch_reach_the_plan(tmp_path: Path) -> None:
@@ -329,8 +334,10 @@ def test_route_defaults_are_no_batch_and_no_credentials(tmp_path: Path) -> None:
 
 
 def test_a_fork_on_a_route_gets_no_registry_credentials(tmp_path: Path) -> None:
-    options = _route_options(tmp_path, 'registry_credentials = "secretsmanager:ci/ghcr"', GH_FORK_PR)
-    env = env_of(plan_build(GH_FORK_PR, options, idempotency_seed=SEED).start_build_kwargs)
+    route = _route(tmp_path, 'registry_credentials = "secretsmanager:ci/ghcr"')
+    grant = granted(GH_FORK_PR, route, TrustFacts.of(GH_FORK_PR))
+    options = build_options(route, GH_FORK_PR)
+    env = env_of(plan_build(GH_FORK_PR, options, grant=grant, idempotency_seed=SEED).start_build_kwargs)
     assert "REGISTRY_PASSWORD" not in env
 
 

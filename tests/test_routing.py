@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bridge.config import Route, SecretRef
-from bridge.model import EnvVar, ForkPolicy, Ignored, SourceEvent
+from bridge.model import EnvVar, Ignored, SourceEvent
 from bridge.routing import build_options, glob_match, match_route
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -277,24 +277,6 @@ def test_build_options_carry_every_route_setting() -> None:
     assert options.privileged_mode is True
     assert options.timeout_minutes == 45
     assert dict(options.extra_overrides) == {"queuedTimeoutInMinutesOverride": 30}
-    assert options.include_secrets is True
-
-
-@pytest.mark.parametrize(
-    ("forks", "is_fork", "include_secrets"),
-    [
-        ("never", False, True),
-        ("without-secrets", False, True),
-        ("allow", False, True),
-        ("without-secrets", True, False),
-        ("allow", True, True),
-        ("never", True, False),  # unreachable through match_route, and still safe
-    ],
-)
-def test_fork_policy_decides_secrets(forks: ForkPolicy, is_fork: bool, include_secrets: bool) -> None:
-    route = replace(FULL, forks=forks)
-    source = change("main", repository="group/app", provider="gitlab", fork=is_fork)
-    assert build_options(route, source).include_secrets is include_secrets
 
 
 def test_native_mode_has_no_clone_token() -> None:
