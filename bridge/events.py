@@ -637,6 +637,8 @@ def _gitlab_change(root: _Fields, attrs: _Fields, action: str) -> SourceEvent | 
     if source is None:
         return Ignored(f"merge request !{iid}: its source project was deleted")
     source_path = source.text("path_with_namespace")
+    has_visibility = source.data.get("visibility_level") is not None
+    visibility = source.integer("visibility_level") if has_visibility else None
     source_project_id = attrs.integer("source_project_id")
     target_project_id = attrs.integer("target_project_id")
     project = _gitlab_project(root.obj("project"))
@@ -660,7 +662,7 @@ def _gitlab_change(root: _Fields, attrs: _Fields, action: str) -> SourceEvent | 
         is_fork=source_project_id != target_project_id,
         is_draft=attrs.flag("draft") or attrs.flag("work_in_progress"),
         # 0 private, 10 internal, 20 public: only a public project clones without a token.
-        source_private=source.maybe_integer("visibility_level") not in (None, _GITLAB_PUBLIC),
+        source_private=visibility is not None and visibility != _GITLAB_PUBLIC,
         api_url=project.server_url + "/api/v4",
         project_id=source_project_id,
         source_project_id=source_project_id,
