@@ -366,7 +366,7 @@ def plan_build(
         # The packaged buildspecs build the image and skip the login and the push.
         bridge_env.append(EnvVar("BRIDGE_PUSH", "false"))
     builds_image = image_uri is not None or grant.builds_image
-    if image_uri is not None and options.image_repository:
+    if image_uri is not None and options.image_repository and grant.cache_read:
         # Read from the route's cache; written only by builds the grant trusts to (never a fork's).
         write = options.cache_write and grant.cache_write
         cache = plan_cache(event, options.image_repository.strip(), options.cache, write=write)

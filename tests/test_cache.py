@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bridge.core.cache import cache_tag, parse_cache_mode, plan_cache
+from bridge.core.trust import Grant, Policy, TrustFacts, decide
 from bridge.errors import InputError
 from bridge.model import BuildOptions, CacheMode, SourceEvent
 from bridge.plan import plan_build
@@ -21,6 +22,7 @@ from tests.test_plan import GH_FORK_PR, GH_PUSH, GH_TAG, assert_valid_start_buil
 from tests.test_plan import run_buildspec as run_with_fake_tools
 
 REPO = "ghcr.io/octo/app"
+ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com/app"
 FEATURE = replace(GH_PUSH, ref="refs/heads/Feature/Login", branch="Feature/Login", default_branch="main")
 SAME_REPO_PR = replace(
     GH_PUSH, kind="pull_request", event_name="pull_request", branch="fix", base_branch="release/2"
@@ -66,14 +68,9 @@ def env_of(event: SourceEvent, options: BuildOptions) -> dict[str, str]:
                 "BRIDGE_CACHE_WRITE": "1",
             },
         ),
-        (  # a fork reads the base branch's cache and never writes
+        (  # an untrusted fork (no grant given: without-secrets) neither reads nor writes the cache
             GH_FORK_PR,
-            {
-                "BRIDGE_CACHE": "registry",
-                "BRIDGE_CACHE_REF": f"{REPO}:{cache_tag(str(GH_FORK_PR.branch))}",
-                "BRIDGE_CACHE_FALLBACK_REF": f"{REPO}:{cache_tag(str(GH_FORK_PR.base_branch))}",
-                "BRIDGE_CACHE_WRITE": "0",
-            },
+            {},
         ),
         (  # a tag has no branch cache of its own: it reads the default branch's
             replace(GH_TAG, default_branch="main"),
@@ -163,8 +160,43 @@ def test_buildx_builds_with_a_registry_cache_and_pushes_by_itself(tmp_path: Path
     assert digest == "sha256:" + "cd" * 32
 
 
-def test_a_fork_build_reads_the_registry_cache_but_writes_none(tmp_path: Path) -> None:
-    env = env_of(GH_FORK_PR, BuildOptions("p", image_repository=REPO))
+@pytest.mark.parametrize("buildx", ["0", "1"])
+def test_an_untrusted_fork_build_neither_logs_in_nor_pushes_nor_touches_the_cache(
+    tmp_path: Path, buildx: str
+) -> None:
+    """Issue 19, item 2: the packaged buildspec run with exactly the variables plan gives a fork's build."""
+    kwargs = plan_build(
+        GH_FORK_PR, BuildOptions("p", image_repository=ECR), idempotency_seed="s"
+    ).start_build_kwargs
+    env = {v["name"]: v["value"] for v in kwargs["environmentVariablesOverride"]}
+    assert env["BRIDGE_PUSH"] == "false"
+    calls, digest = run_with_fake_tools("buildspec-image.yml", tmp_path, {**env, "FAKE_BUILDX": buildx})
+    docker = [c["args"] for c in calls if c["tool"] == "docker"]
+    builds = [args for args in docker if "build" in args[:2]]
+    assert len(builds) == 1
+    assert not [c for c in calls if c["tool"] == "aws"]  # no ECR login with the project's role
+    assert not [args for args in docker if args[0] in ("login", "push", "tag")]
+    assert "--push" not in builds[0]
+    assert not {"--cache-from", "--cache-to"} & set(builds[0])
+    assert not any(ECR.partition("/")[0] in arg for arg in builds[0])
+    assert not digest
+
+
+def test_a_trusted_fork_build_reads_the_registry_cache_but_writes_none(tmp_path: Path) -> None:
+    grant = decide(
+        GH_FORK_PR,
+        Policy("r", forks="allow", image_repository=REPO, fork_image_repository=REPO + "-forks"),
+        TrustFacts.of(GH_FORK_PR),
+    )
+    assert isinstance(grant, Grant)
+    kwargs = plan_build(
+        GH_FORK_PR, BuildOptions("p", image_repository=REPO), grant=grant, idempotency_seed="s"
+    ).start_build_kwargs
+    env = {
+        v["name"]: v["value"]
+        for v in kwargs["environmentVariablesOverride"]
+        if v["name"].startswith("BRIDGE_C")
+    }
     docker, _ = docker_calls(tmp_path, {**env, "FAKE_BUILDX": "1"})
     build = next(args for args in docker if args[:2] == ["buildx", "build"])
     assert "--cache-to" not in build

@@ -295,3 +295,34 @@ def test_no_other_module_decides_on_forks() -> None:
             if needle in text:
                 offenders.append(f"{path.name}: {needle}")
     assert offenders == []
+
+
+@pytest.mark.parametrize(
+    ("forks", "fork_repository", "reads"),
+    [
+        ("without-secrets", FORK_REPOSITORY, False),
+        ("without-secrets", None, False),
+        ("allow", None, False),  # not pushed: no registry login, so nothing to read with
+        ("allow", FORK_REPOSITORY, True),
+    ],
+)
+def test_only_a_trusted_pushing_fork_reads_the_cache_and_none_writes_it(
+    forks: ForkPolicy, fork_repository: str | None, reads: bool
+) -> None:
+    event = GH_FORK_PR
+    route = route_for(event, forks, fork_image_repository=fork_repository)
+    grant = decide(event, route, TrustFacts.of(event))
+    assert isinstance(grant, Grant)
+    assert (grant.cache_read, grant.cache_write) == (reads, False)
+    env = env_of(event, route, grant)
+    assert ("BRIDGE_CACHE_REF" in env) is reads
+    if reads:
+        assert env["BRIDGE_CACHE_WRITE"] == ("0", "PLAINTEXT")
+        assert env["BRIDGE_CACHE_REF"][0].startswith(ROUTE_REPOSITORY + ":")  # read, never pushed
+
+
+def test_the_repository_itself_reads_and_writes_the_cache() -> None:
+    route = route_for(GH_SAME_PR, "never")
+    grant = decide(GH_SAME_PR, route, TrustFacts.of(GH_SAME_PR))
+    assert isinstance(grant, Grant)
+    assert env_of(GH_SAME_PR, route, grant)["BRIDGE_CACHE_WRITE"] == ("1", "PLAINTEXT")

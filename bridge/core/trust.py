@@ -136,6 +136,7 @@ class Grant:
     image, pushed or not (an unpushed one still shows whether the change builds). `privileged`: the
     route's privileged_mode (None: the project's, or on when an image is built). `dropped`: one line
     per thing the route has that this build does not get, and why, for `bridge plan` and the logs.
+    `cache_read`/`cache_write`: the route's layer cache (bridge.core.cache); no fork ever writes it.
     """
 
     route: str
@@ -149,6 +150,7 @@ class Grant:
     image_tag: str | None
     builds_image: bool
     cache_write: bool
+    cache_read: bool
     privileged: bool | None
     dropped: tuple[str, ...] = ()
 
@@ -175,7 +177,8 @@ class Grant:
             lines.append(f"push: {self.image_repository}:{self.image_tag or '{sha}'}")
         else:
             lines.append("push: no" + (" (the image is built, not pushed)" if self.builds_image else ""))
-        lines.append(f"layer cache: {'read and write' if self.cache_write else 'read only'}")
+        cache = "read and write" if self.cache_write else "read only" if self.cache_read else "not used"
+        lines.append(f"layer cache: {cache}")
         lines.extend(f"dropped: {reason}" for reason in self.dropped)
         return lines
 
@@ -221,6 +224,7 @@ def decide(event: SourceEvent, route: TrustPolicy, facts: TrustFacts) -> Grant |
             image_tag=route.image_tag,
             builds_image=builds_image,
             cache_write=True,
+            cache_read=True,
             privileged=route.privileged_mode,
         )
 
@@ -277,7 +281,13 @@ def decide(event: SourceEvent, route: TrustPolicy, facts: TrustFacts) -> Grant |
                 f"pushing: a fork never pushes to the route's image repository; the image is built, not "
                 f"pushed (set {label}.fork_image_repository to push fork builds as pr-<n>-<sha>)"
             )
-    dropped.append("writing the layer cache: forks never write it")
+    if trusted and push:
+        dropped.append("writing the layer cache: forks never write it (they read it)")
+    else:
+        dropped.append(
+            "the layer cache: a fork's build neither reads nor writes it (its layers may hold what the "
+            f"fork must not see) unless it is trusted with the route's secrets and pushes ({why})"
+        )
     return Grant(
         route=route.name,
         source="fork",
@@ -290,6 +300,7 @@ def decide(event: SourceEvent, route: TrustPolicy, facts: TrustFacts) -> Grant |
         image_tag=tag,
         builds_image=builds_image or push,
         cache_write=False,
+        cache_read=trusted and push,
         privileged=route.privileged_mode,
         dropped=tuple(dropped),
     )
