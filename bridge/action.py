@@ -36,7 +36,7 @@ from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, R
 from bridge.plan import parse_bool, parse_env_vars, plan_build, registry_env
 from bridge.poll import Backoff
 from bridge.secret import Secret
-from bridge.status import build_status, is_batch, is_complete
+from bridge.status import build_status, exported_value, is_batch, is_complete
 from bridge.workflow import WorkflowCommands, append_summary, write_outputs
 
 if TYPE_CHECKING:
@@ -553,6 +553,7 @@ def outputs_for(build: BuildRecord, status: BuildStatus, request: BuildRequest) 
         "build-url": status.console_url,
         "image-uri": status.image_uri or request.image_uri or "",
         "image-digest": status.image_digest or "",
+        "attestations": exported_value(build, "BRIDGE_ATTESTED") or "",
     }
 
 

@@ -373,6 +373,11 @@ def image_report(build: BuildRecord) -> list[str]:
     return facts
 
 
+def exported_value(build: BuildRecord, name: str) -> str | None:
+    """A variable the build exported (`env.exported-variables`), or None."""
+    return _exported(build, name)
+
+
 def _exported(build: BuildRecord, name: str) -> str | None:
     variables = build.get("exportedEnvironmentVariables")
     if not isinstance(variables, Sequence):

@@ -68,3 +68,21 @@ def test_anything_else_is_refused(key: str) -> None:
         read_inputs({"INPUT_PROJECT-NAME": "proj", "INPUT_SIGN": key})
     with pytest.raises(Exception, match="sign"):
         parse(GITHUB + route(sign=key))
+
+
+def test_the_action_outputs_what_was_attached() -> None:
+    from bridge.action import outputs_for
+    from bridge.model import BuildRequest
+    from bridge.status import build_status
+
+    record = {
+        "id": "p:1",
+        "buildStatus": "SUCCEEDED",
+        "exportedEnvironmentVariables": [
+            {"name": "BRIDGE_ATTESTED", "value": "SLSA provenance (mode=max), SBOM"}
+        ],
+    }
+    status = build_status(record, region="eu-west-1")
+    request = BuildRequest(start_build_kwargs={"projectName": "p"})
+    assert outputs_for(record, status, request)["attestations"] == "SLSA provenance (mode=max), SBOM"
+    assert outputs_for({**record, "exportedEnvironmentVariables": []}, status, request)["attestations"] == ""
