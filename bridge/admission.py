@@ -10,7 +10,7 @@ config (or an approval) may have changed in between.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bridge import events, routing
@@ -18,7 +18,7 @@ from bridge.config import Config, Route
 from bridge.core.trust import AwaitingApproval, Grant, TrustFacts, decide
 from bridge.model import EventKind, Ignored, SourceEvent
 
-__all__ = ["Accepted", "Outcome", "intake", "route_named"]
+__all__ = ["Accepted", "Outcome", "delivery_key", "intake", "route_named"]
 
 # The build being re-run: (route name, the event it built), or None when this bridge never built it.
 OriginalBuild = Callable[[SourceEvent], "tuple[str, SourceEvent] | None"]
@@ -36,6 +36,12 @@ class Accepted:
 Outcome = Accepted | Ignored | AwaitingApproval
 
 
+def delivery_key(provider: str, delivery_id: str) -> str:
+    """The de-duplication key (and idempotency seed) of a delivery: ids are namespaced per provider, so
+    no delivery of one provider can make a delivery of the other a "duplicate" (and so never built)."""
+    return f"{provider}:{delivery_id}"
+
+
 def route_named(config: Config, name: str) -> Route | None:
     return next((route for route in config.routes if route.name == name), None)
 
@@ -46,11 +52,22 @@ def intake(
     *,
     original_build: OriginalBuild | None = None,
     approved_sha: ApprovedSha | None = None,
+    scopes: Sequence[tuple[str, ...]] = (),
 ) -> Outcome:
-    """What to do with one understood delivery. Pure but for the two lookups passed in."""
+    """What to do with one understood delivery. Pure but for the two lookups passed in.
+
+    `scopes`: for each secret check the delivery passed (a GitLab delivery may pass two), the repository
+    globs of the scoped secrets that verified it; a check passed by an unscoped secret adds none.
+    """
     if isinstance(result, Ignored):
         return result
     event = result
+    for scope in scopes:
+        if not routing.glob_match(event.repository, scope, ignore_case=True):
+            return Ignored(
+                f"the webhook secret that verified this delivery is scoped to other repositories than "
+                f"{event.repository[:200]}: not built"
+            )
     rerun_route: Route | None = None
     if event.kind == "rerun":
         rerun = _rerun(config, event, original_build)
@@ -64,6 +81,9 @@ def intake(
     route = rerun_route if rerun_route is not None else routing.match_route(event, config.routes)
     if isinstance(route, Ignored):
         return route
+    unbound = routing.unbound(event)
+    if unbound is not None:
+        return unbound
     approved = approved_sha(event) if approved_sha is not None and event.is_fork else None
     grant = decide(event, route, TrustFacts.of(event, approved_sha=approved))
     if isinstance(grant, Grant):

@@ -30,7 +30,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bridge import events, jsonfast, operator_page, verify
-from bridge.admission import intake
+from bridge.admission import delivery_key, intake
 from bridge.config import Config
 from bridge.core.trust import AwaitingApproval
 from bridge.errors import (
@@ -55,6 +55,10 @@ T = TypeVar("T")
 # A burst of forged signatures must not turn into a burst of Secrets Manager reads.
 SECRET_REFRESH_MIN_INTERVAL: Final = 10.0
 WORKER_KEY: Final = "bridge.worker"
+UNREADABLE: Final = {
+    "error": "a secret or credential this server needs cannot be read",
+    "hint": "retry later; the server log says which one and why",
+}
 INTAKE_KEY: Final = "bridge.intake"
 # Where a POST carries a body the app reads; anything else is answered without reading one.
 BODY_PATHS: Final = frozenset({"/webhooks/github", "/webhooks/gitlab", "/events/codebuild"})
@@ -156,7 +160,9 @@ class _SecretRefresher:
                     with self._lock:
                         self._unreadable.pop(name, None)
                     continue
-            reasons.append(f"{name} cannot be read: {error}")
+            # /readyz answers anyone: the reason names the config key, the log says which secret and why.
+            log.warning("a secret cannot be read", extra={"key": name, "error": error})
+            reasons.append(f"{name} cannot be read (see the server log)")
         return reasons
 
     def _verify(self, name: str, refs: Sequence[SecretRef], check: Callable[[list[Secret]], T]) -> T:
@@ -265,6 +271,9 @@ def create_app(
         status = _http_status(exc)
         outcome = {401: "unauthorized", 400: "bad_request", 413: "too_large"}.get(status, "error")
         ctx.fields["error"] = exc.message
+        if isinstance(exc, SecretError | CredentialsError):
+            # Anyone may post here: secret names, ARNs and JSON keys go to the log line above, not to them.
+            return answer(ctx, status, UNREADABLE, outcome)
         return answer(ctx, status, {"error": exc.message, "hint": exc.hint}, outcome)
 
     def guarded(ctx: _Delivery, handle: Callable[[], Response]) -> Response:
@@ -313,7 +322,12 @@ def create_app(
         if ctx.delivery is not None:
             try:
                 services.store.add_ignored(
-                    ctx.delivery, ctx.provider, ctx.event, reason, repository=repository, sha=sha
+                    delivery_key(ctx.provider, ctx.delivery),
+                    ctx.provider,
+                    ctx.event,
+                    reason,
+                    repository=repository,
+                    sha=sha,
                 )
             except BridgeError as exc:
                 log.warning(
@@ -323,18 +337,40 @@ def create_app(
         body = {"pong": True} if outcome == "pong" else {"ignored": reason}
         return answer(ctx, 200, body, outcome)
 
+    def scope_of(
+        name: str,
+        refs: Sequence[SecretRef],
+        scopes: Mapping[SecretRef, tuple[str, ...]],
+        verifies: Callable[[Secret], bool],
+    ) -> list[tuple[str, ...]]:
+        """The repositories a verified delivery may build, as one list of globs ([] = any): the union
+        of the scopes of the secrets that verify it, unless an unscoped one does too."""
+        if not scopes:
+            return []
+        globs: list[str] = []
+        for ref, secret in zip(refs, services.secrets.get_all(refs, key=name), strict=True):
+            if verifies(secret):
+                if ref not in scopes:
+                    return []
+                globs.extend(scopes[ref])
+        return [tuple(globs)]
+
     def accept(
         ctx: _Delivery,
         result: SourceEvent | Ignored,
         delivery_id: str,
         event_name: str,
         repository: str | None,
+        *,
+        scopes: Sequence[tuple[str, ...]] = (),
     ) -> Response:
         if isinstance(result, SourceEvent) and result.kind == "rerun" and original_build(result) is None:
             restarted = restart_unstarted(result)
             if restarted is not None:
                 return restart(ctx, restarted)
-        outcome = intake(config, result, original_build=original_build, approved_sha=services.approved_sha)
+        outcome = intake(
+            config, result, original_build=original_build, approved_sha=services.approved_sha, scopes=scopes
+        )
         if isinstance(outcome, Ignored):
             where = result if isinstance(result, SourceEvent) else None
             return ignore(
@@ -351,15 +387,16 @@ def create_app(
         ctx.fields.update(repository=result.repository, sha=result.sha)
         if outcome.grant.dropped:
             ctx.fields["dropped"] = list(outcome.grant.dropped)
-        added = services.store.add_delivery(delivery_id, result.provider, event_name, matched.name, result)
+        key = delivery_key(result.provider, delivery_id)
+        added = services.store.add_delivery(key, result.provider, event_name, matched.name, result)
         if not added:
             if services.store.restart_delivery(delivery_id):
                 # GitHub's Redeliver (same id) of a delivery whose start failed: start it again now.
                 return restart(ctx, delivery_id)
             # A replica may have stored the original and died before enqueueing it: enqueue again.
-            services.delivery_queue.nudge(delivery_id)
+            services.delivery_queue.nudge(key)
             return answer(ctx, 200, {"duplicate": delivery_id}, "duplicate")
-        services.delivery_queue.enqueue(delivery_id)  # persisted first: a lost message is re-sent above
+        services.delivery_queue.enqueue(key)  # persisted first: a lost message is re-sent above
         worker.wake()
         return answer(ctx, 202, {"delivery": delivery_id, "route": matched.name}, "accepted")
 
@@ -382,6 +419,12 @@ def create_app(
                 settings.webhook_secrets,
                 lambda secrets: verify.verify_github_signature(body, header, secrets),
             )
+            scopes = scope_of(
+                "github.webhook_secrets",
+                settings.webhook_secrets,
+                settings.secret_scopes,
+                lambda secret: _passes(verify.verify_github_signature, body, header, [secret]),
+            )
             ctx.event = _required_header(ctx.environ, "X-GitHub-Event", "GitHub")
             ctx.delivery = _required_header(ctx.environ, "X-GitHub-Delivery", "GitHub")
             if ctx.event == "ping":
@@ -391,7 +434,8 @@ def create_app(
             _require_json_content_type(ctx.environ, "set the webhook's Content type to application/json")
             payload = _json_object(body)
             result = events.from_github(ctx.event, payload, api_url=settings.api_url)
-            return accept(ctx, result, ctx.delivery, ctx.event, _named(payload, "repository", "full_name"))
+            repository = _named(payload, "repository", "full_name")
+            return accept(ctx, result, ctx.delivery, ctx.event, repository, scopes=scopes)
 
         return guarded(ctx, handle)
 
@@ -408,13 +452,19 @@ def create_app(
                 raise _gitlab_not_configured()
             headers = dict(request.headers.items())
             signed_id: str | None = None
+            scopes: list[tuple[str, ...]] = []
             if settings.signing_tokens:
+                now = services.clock()
                 signed_id = refresher.verify(
                     "gitlab.signing_tokens",
                     settings.signing_tokens,
-                    lambda secrets: verify.verify_standard_webhook(
-                        body, headers, secrets, now=services.clock()
-                    ),
+                    lambda secrets: verify.verify_standard_webhook(body, headers, secrets, now=now),
+                )
+                scopes += scope_of(
+                    "gitlab.signing_tokens",
+                    settings.signing_tokens,
+                    settings.secret_scopes,
+                    lambda secret: _passes(verify.verify_standard_webhook, body, headers, [secret], now=now),
                 )
             if settings.webhook_tokens or not settings.signing_tokens:
                 token = _header(ctx.environ, "X-Gitlab-Token")
@@ -422,6 +472,12 @@ def create_app(
                     "gitlab.webhook_tokens",
                     settings.webhook_tokens,
                     lambda secrets: verify.verify_gitlab_token(token, secrets),
+                )
+                scopes += scope_of(
+                    "gitlab.webhook_tokens",
+                    settings.webhook_tokens,
+                    settings.secret_scopes,
+                    lambda secret: _passes(verify.verify_gitlab_token, token, [secret]),
                 )
             ctx.event = _required_header(ctx.environ, "X-Gitlab-Event", "GitLab")
             ctx.delivery = gitlab_delivery_id(headers, signed_id, body)
@@ -435,7 +491,7 @@ def create_app(
                 )
                 result = Ignored(f"payload not understood: {exc.message}")
             repository = _named(payload, "project", "path_with_namespace")
-            return accept(ctx, result, ctx.delivery, ctx.event, repository)
+            return accept(ctx, result, ctx.delivery, ctx.event, repository, scopes=scopes)
 
         return guarded(ctx, handle)
 
@@ -558,6 +614,15 @@ def create_app(
 
 
 # -- request helpers --------------------------------------------------------------------------------
+
+
+def _passes(check: Callable[..., object], *args: Any, **kwargs: Any) -> bool:
+    """Whether one verifier accepts one secret (which of several secrets verified a delivery)."""
+    try:
+        check(*args, **kwargs)
+    except SignatureError:
+        return False
+    return True
 
 
 # Built once: json.dumps with options builds a new encoder on every call.
@@ -728,13 +793,15 @@ def _sent_ids(
 
 
 def gitlab_delivery_id(headers: Mapping[str, str], signed_id: str | None, body: bytes) -> str:
-    """GitLab's retries repeat `Idempotency-Key`; the signing token's `webhook-id` and the event UUID
-    identify one delivery too. With none of them, the body itself is the identity (same body, same build).
+    """A signed delivery's `webhook-id` (Standard Webhooks, covered by the signature) identifies it; an
+    unsigned header must not be able to stand in for it, so it comes first. Otherwise GitLab's retries
+    repeat `Idempotency-Key`, and the event UUID identifies one delivery too. With none of them, the body
+    itself is the identity (same body, same build).
     """
     lowered = {name.lower(): value for name, value in headers.items()}
     candidates = (
-        lowered.get("idempotency-key"),
         signed_id,
+        lowered.get("idempotency-key"),
         lowered.get("webhook-id"),
         lowered.get("x-gitlab-event-uuid"),
     )

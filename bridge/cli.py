@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bridge import events, routing
-    from bridge.admission import intake
+    from bridge.admission import delivery_key, intake
     from bridge.config import load_config
     from bridge.core.trust import AwaitingApproval
     from bridge.model import Ignored
@@ -190,12 +190,13 @@ def _plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write("\n")
         return EXIT_IGNORED
     if not isinstance(outcome, Ignored):
+        key = delivery_key(args.provider, args.delivery_id)  # the server's key for this delivery
         request = plan_build(
             outcome.event,
             routing.build_options(outcome.route, outcome.event),
             grant=outcome.grant,
-            idempotency_seed=idempotency_seed(args.delivery_id, outcome.route.name),
-            delivery_id=args.delivery_id,
+            idempotency_seed=idempotency_seed(key, outcome.route.name),
+            delivery_id=key,
         )
         print(f"route: {outcome.route.name}", file=err)
         for line in outcome.grant.describe():

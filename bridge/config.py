@@ -95,6 +95,8 @@ class GitHubSettings:
     private_key: SecretRef | None = None
     token: SecretRef | None = None
     repository_hosts: tuple[str, ...] = ()
+    # Secrets that verify deliveries of some repositories only (globs); the others verify any.
+    secret_scopes: Mapping[SecretRef, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     @property
     def allowed_hosts(self) -> tuple[str, ...]:
@@ -109,6 +111,8 @@ class GitLabSettings:
     webhook_tokens: tuple[SecretRef, ...] = ()
     signing_tokens: tuple[SecretRef, ...] = ()
     repository_hosts: tuple[str, ...] = ()
+    # Tokens that verify deliveries of some projects only (globs); the others verify any.
+    secret_scopes: Mapping[SecretRef, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     @property
     def api_url(self) -> str:
@@ -116,17 +120,31 @@ class GitLabSettings:
 
     @property
     def allowed_hosts(self) -> tuple[str, ...]:
-        """Where repository URLs in deliveries may point: the configured hosts, else url's host."""
-        return self.repository_hosts or ((urlsplit(self.url).hostname or "").lower(),)
+        """Where repository URLs in deliveries may point: the configured hosts, else url's host[:port]."""
+        return self.repository_hosts or (_site(self.url),)
 
 
 def github_web_host(api_url: str) -> str:
-    """github.com for api.github.com, acme.ghe.com for api.acme.ghe.com, HOST for HOST/api/v3."""
+    """github.com for api.github.com, acme.ghe.com for api.acme.ghe.com, HOST[:PORT] for HOST[:PORT]/api/v3
+    (GitHub Enterprise Server)."""
     parts = urlsplit(api_url)
     host = (parts.hostname or "").lower()
     if not parts.path.rstrip("/").endswith("/api/v3") and host.startswith("api."):
         return host.removeprefix("api.")
-    return host
+    return _site(api_url)
+
+
+def _site(url: str) -> str:
+    """host, or host:port when the URL names a port other than its scheme's default."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None or port == {"http": 80, "https": 443}.get(parts.scheme):
+        return host
+    return f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -292,7 +310,8 @@ _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_]{1,254}")
 _ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 _HOSTNAME = re.compile(
-    r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+    r"(?=.{1,253}(:\d{1,5})?$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+    r"(:\d{1,5})?"
 )
 _SNS_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
 _COMPUTE_TYPE = re.compile(
@@ -448,7 +467,9 @@ _GITHUB_KEYS = (
     _Key(
         "webhook_secrets",
         "secrets",
-        "Webhook secrets checked against X-Hub-Signature-256; list two while rotating.",
+        "Webhook secrets checked against X-Hub-Signature-256; list two while rotating. An entry may be "
+        '`{ secret = REFERENCE, repositories = ["owner/*"] }`: a delivery it verifies builds only those '
+        "repositories (for a repository webhook whose secret is typed into each repository).",
         required=True,
     ),
     _Key(
@@ -458,7 +479,7 @@ _GITHUB_KEYS = (
         "another host is not built, so a payload cannot aim a build at an internal address.",
         default_doc="api_url's web host (github.com for api.github.com)",
         pattern=_HOSTNAME,
-        form="lowercase host names such as github.com",
+        form="lowercase host names such as github.com, with :PORT for a port other than 443/80",
     ),
 )
 
@@ -468,13 +489,16 @@ _GITLAB_KEYS = (
     _Key(
         "webhook_tokens",
         "secrets",
-        "Secret tokens compared with X-Gitlab-Token (the hook's 'Secret token').",
+        "Secret tokens compared with X-Gitlab-Token (the hook's 'Secret token'). An entry may be "
+        '`{ secret = REFERENCE, repositories = ["group/*"] }`: a delivery it verifies builds only those '
+        "projects, so a token pasted into a low-trust project cannot build another.",
         default_doc="[]",
     ),
     _Key(
         "signing_tokens",
         "secrets",
-        "Signing tokens (whsec_...) for GitLab's Standard Webhooks signatures.",
+        "Signing tokens (whsec_...) for GitLab's Standard Webhooks signatures; scoped to projects like "
+        "webhook_tokens.",
         default_doc="[]",
     ),
     _Key(
@@ -484,7 +508,7 @@ _GITLAB_KEYS = (
         "another host is not built, so a payload cannot aim a build or its clone token elsewhere.",
         default_doc="url's host",
         pattern=_HOSTNAME,
-        form="lowercase host names such as gitlab.example.com",
+        form="lowercase host names such as gitlab.example.com, with :PORT for a port other than 443/80",
     ),
 )
 
@@ -973,9 +997,14 @@ def _hint(key: _Key) -> str:
     return f"allowed: {allowed}" if allowed else f"{key.name} takes {key.kind}"
 
 
+_SCOPED_FORM = '{ secret = "secretsmanager:NAME_OR_ARN[#json-key]", repositories = ["group/*"] }'
+
+
 class _Reader:
     def __init__(self) -> None:
         self.errors: list[ConfigError] = []
+        # Secrets scoped to repository globs: a delivery they verify builds only those repositories.
+        self.scopes: dict[SecretRef, tuple[str, ...]] = {}
 
     def error(self, key: str, message: str, hint: str) -> _Invalid:
         self.errors.append(ConfigError(message, key=key, hint=hint))
@@ -1092,9 +1121,37 @@ class _Reader:
             )
         if not raw:
             return self.error(where, "must list at least one reference", hint=_hint(key))
-        refs = [self.secret(item, key, f"{where}[{i}]") for i, item in enumerate(raw)]
+        refs = [self.scoped_secret(item, key, f"{where}[{i}]") for i, item in enumerate(raw)]
         valid = [ref for ref in refs if isinstance(ref, SecretRef)]
         return tuple(valid) if len(valid) == len(refs) else _INVALID
+
+    def scoped_secret(self, raw: object, key: _Key, where: str) -> SecretRef | _Invalid:
+        """A reference, or `{ secret = REFERENCE, repositories = [GLOB, ...] }`: a webhook secret or token
+        that verifies deliveries of those repositories only (kept in `self.scopes`)."""
+        if not isinstance(raw, dict):
+            return self.secret(raw, key, where)
+        unknown = sorted(set(raw) - {"secret", "repositories"})
+        if unknown or "secret" not in raw or "repositories" not in raw:
+            return self.error(
+                where,
+                "a scoped secret is a table with exactly the keys secret and repositories",
+                hint=_SCOPED_FORM,
+            )
+        ref = self.secret(raw["secret"], key, f"{where}.secret")
+        repositories = raw["repositories"]
+        if (
+            not isinstance(repositories, list)
+            or not repositories
+            or not all(isinstance(item, str) and item for item in repositories)
+        ):
+            return self.error(
+                f"{where}.repositories", "must be a non-empty array of strings", hint=_SCOPED_FORM
+            )
+        globs = tuple(repositories)
+        self.globs(globs, f"{where}.repositories")
+        if isinstance(ref, SecretRef):
+            self.scopes[ref] = (*self.scopes.get(ref, ()), *globs)
+        return ref
 
     # --- sections -------------------------------------------------------------------------------
 
@@ -1158,7 +1215,12 @@ class _Reader:
             private_key=private_key,
             token=token,
             repository_hosts=values["repository_hosts"] or (),
+            secret_scopes=self.scoped(values["webhook_secrets"]),
         )
+
+    def scoped(self, *groups: tuple[SecretRef, ...] | None) -> Mapping[SecretRef, tuple[str, ...]]:
+        refs = {ref for group in groups for ref in group or ()}
+        return MappingProxyType({ref: globs for ref, globs in self.scopes.items() if ref in refs})
 
     def gitlab(self, raw: object) -> GitLabSettings | None:
         values = self.table(raw, _GITLAB_KEYS, "gitlab")
@@ -1179,6 +1241,7 @@ class _Reader:
             webhook_tokens=values["webhook_tokens"] or (),
             signing_tokens=values["signing_tokens"] or (),
             repository_hosts=values["repository_hosts"] or (),
+            secret_scopes=self.scoped(values["webhook_tokens"], values["signing_tokens"]),
         )
 
     def sns(self, raw: object) -> SnsSettings:

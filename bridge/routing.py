@@ -20,7 +20,7 @@ from bridge.model import BuildOptions, Ignored, RegistryAuth, SourceEvent
 # Whitespace, backslashes and userinfo make URL parsers disagree about the host: refused outright.
 _AMBIGUOUS_URL = re.compile(r"[\s\\@]")
 
-__all__ = ["build_options", "foreign_host", "glob_match", "match_route"]
+__all__ = ["build_options", "foreign_host", "glob_match", "match_route", "unbound"]
 
 # How far an event got into a route before it failed; the deepest failure is the most useful reason.
 _PROVIDER, _REPOSITORY, _EVENT, _REF, _DRAFT, _FORK = range(6)
@@ -99,37 +99,83 @@ def match_route(event: SourceEvent, routes: Sequence[Route]) -> Route | Ignored:
     return Ignored(best[1])
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 @functools.lru_cache(maxsize=1024)  # a repository's URLs come with every one of its deliveries
-def _url_host(url: str) -> str | None:
-    """The lowercase host of a plain http(s) URL; None for anything else (userinfo, odd characters)."""
+def _url_site(url: str) -> tuple[str, str] | None:
+    """(lowercase host, host[:port] as configured hosts spell it) of a plain http(s) URL; None for
+    anything else (userinfo, odd characters, a port that is not a number). A scheme's default port
+    counts as no port, so `https://github.com:443/` is `github.com`."""
     if _AMBIGUOUS_URL.search(url):
         return None
     try:
         parts = urlsplit(url)
         host = parts.hostname
+        port = parts.port
     except ValueError:
         return None
     if parts.scheme not in ("http", "https") or not host:
         return None
-    return host.lower().rstrip(".")
+    host = host.lower().rstrip(".")
+    if port is None or port == _DEFAULT_PORTS[parts.scheme]:
+        return host, host
+    return host, f"{host}:{port}"
 
 
 def foreign_host(event: SourceEvent, allowed_hosts: Sequence[str]) -> Ignored | None:
-    """None when every repository URL of `event` is on a configured host, else why it is not built.
+    """None when every repository URL of `event` is on a configured host (and port), else why it is not
+    built.
 
     The clone URL becomes CodeBuild's source location (and, in clone mode, the URL git sends the
     clone token to), and the web URL picks the source type: both come from the payload. A delivery
-    naming another host (169.254.169.254, an internal service) must never turn into a build.
+    naming another host (169.254.169.254, an internal service), or another port of the configured host
+    (another service on it), must never turn into a build.
     """
     allowed = _lowercase(tuple(allowed_hosts))
     for label, url in (("clone URL", event.clone_url), ("repository URL", event.server_url)):
-        host = _url_host(url)
-        if host is None or host not in allowed:
-            what = f"names host {host[:100]!r}" if host is not None else "is not a plain http(s) URL"
+        site = _url_site(url)
+        if site is None or site[1] not in allowed:
+            what = f"names host {site[1][:100]!r}" if site is not None else "is not a plain http(s) URL"
             return Ignored(
                 f"the {label} {what}, not one of {event.provider}.repository_hosts "
                 f"({', '.join(sorted(allowed))})"
             )
+    return None
+
+
+def unbound(event: SourceEvent) -> Ignored | None:
+    """None when the event's clone URL is the URL of the repository the event names, else why not.
+
+    The payload names a repository (what is routed, whose status is posted, whose secrets the route
+    holds) and, separately, the URL the build fetches from. Both are the sender's word, and a token
+    shared by several projects (or typed into a low-trust one) could otherwise name a routed project
+    while pointing the build, its secrets and its clone token at another project on the same host. So
+    the clone URL's path must be the repository's full path (the head repository's for a pull or merge
+    request from a fork), below the instance's own path, and a change that is not a fork must come from
+    the repository itself.
+    """
+    change = "merge request" if event.provider == "gitlab" else "pull request"
+    source = event.head_repository or event.repository
+    if not event.is_fork and source.lower() != event.repository.lower():
+        return Ignored(
+            f"the {change} names source repository {source[:200]!r} but is not marked as a fork of "
+            f"{event.repository}: not built"
+        )
+    if not event.clone_url:
+        return None  # nothing is fetched by URL (the Action's manual events)
+    try:
+        base = urlsplit(event.server_url).path.rstrip("/")
+        path = urlsplit(event.clone_url).path.rstrip("/")
+    except ValueError:
+        return Ignored("the clone URL cannot be read: not built")
+    path = path.removesuffix(".git")
+    expected = f"{base}/{source}"
+    if path.lower() != expected.lower():
+        return Ignored(
+            f"the clone URL's path {path[:200]!r} is not the path of repository {source[:200]!r} "
+            f"({expected[:200]!r}): a delivery builds only the repository it names"
+        )
     return None
 
 

@@ -6,7 +6,11 @@ GitLab: tests/payloads/gitlab/ holds the example bodies of GitLab's "Webhook eve
 (push.json, tag_push.json, merge_request_open.json, verbatim) and variants edited from them the way
 GitLab builds them (lib/gitlab/data_builder/push.rb: a deleted branch has after = zeros and
 checkout_sha = null; an MR update carries `oldrev` only when new code was pushed). Each is checked
-against the pydantic-gitlab-webhooks models before use.
+against the pydantic-gitlab-webhooks models before use. One correction to the documentation's merge
+request examples: their `project` (gitlabhq/gitlab-test) and `target` (awesome_space/awesome_project)
+disagree, which GitLab never sends (a project hook's project is the target), and a same-project merge
+request whose source is another project is not built (routing.unbound): the target (and the source of
+same-project requests) is gitlabhq/gitlab-test.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def test_the_page_lists_every_delivery_its_build_and_the_status_its_commit_got(
     (github_build,) = [
         row
         for row in page.services.store.recent_deliveries()
-        if row.delivery_id == "gh-push" and row.build_id is not None
+        if row.delivery_id == "github:gh-push" and row.build_id is not None  # keys are per provider
     ]
     assert (github_build.build_id or "-") in text
     assert "SUCCEEDED" in text
@@ -142,7 +142,7 @@ def test_a_delivery_detail_shows_the_start_build_request_with_secrets_as_referen
     client.post(delivery.path, data=delivery.body, headers=delivery.headers)
     page.worker.drain_pending()
 
-    markup = client.get("/deliveries/gh-detail").get_data(as_text=True)
+    markup = client.get("/deliveries/github:gh-detail").get_data(as_text=True)  # keys are per provider
     text = _text(markup)
     assert '"projectName": "hello-build"' in text
     # A secret is a reference CodeBuild resolves; the page shows the reference, never a value.

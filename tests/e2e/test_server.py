@@ -26,8 +26,8 @@ import boto3
 import pytest
 
 from bridge import events, routing
-from bridge.config import Route, parse_config
-from bridge.model import SourceEvent
+from bridge.admission import Accepted, delivery_key, intake
+from bridge.config import parse_config
 from bridge.plan import plan_build
 from bridge.worker import idempotency_seed
 from tests.e2e.support import (
@@ -247,14 +247,15 @@ def expected_request(server: Server, sent: Sent) -> dict[str, Any]:
         event = events.from_github(sent.event_name, sent.payload)
     else:
         event = events.from_gitlab(sent.event_name, sent.payload)
-    assert isinstance(event, SourceEvent)
-    route = routing.match_route(event, config.routes)
-    assert isinstance(route, Route)
+    outcome = intake(config, event)
+    assert isinstance(outcome, Accepted)
+    route = outcome.route
     request = plan_build(
-        event,
-        routing.build_options(route, event),
-        idempotency_seed=idempotency_seed(sent.delivery_id, route.name),
-        delivery_id=sent.delivery_id,
+        outcome.event,
+        routing.build_options(route, outcome.event),
+        grant=outcome.grant,
+        idempotency_seed=idempotency_seed(delivery_key(sent.provider, sent.delivery_id), route.name),
+        delivery_id=delivery_key(sent.provider, sent.delivery_id),
     )
     return dict(request.start_build_kwargs)
 
@@ -440,7 +441,7 @@ def test_the_worker_runs_in_its_own_process_and_builds_what_the_server_accepted(
     assert (
         started(codebuild_double)[0]["idempotencyToken"] == expected_request(server, sent)["idempotencyToken"]
     )
-    assert [line["delivery"] for line in started_lines()] == ["own-process"]
+    assert [line["delivery"] for line in started_lines()] == ["github:own-process"]  # keys are per provider
 
 
 def test_a_killed_worker_process_is_replaced_and_nothing_accepted_is_lost(
