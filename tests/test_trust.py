@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bridge import events
+from bridge.admission import Accepted, intake
 from bridge.config import Route
 from bridge.core import trust
 from bridge.core.trust import AwaitingApproval, Grant, TrustFacts, decide, fork_tag
@@ -326,3 +327,63 @@ def test_the_repository_itself_reads_and_writes_the_cache() -> None:
     grant = decide(GH_SAME_PR, route, TrustFacts.of(GH_SAME_PR))
     assert isinstance(grant, Grant)
     assert env_of(GH_SAME_PR, route, grant)["BRIDGE_CACHE_WRITE"] == ("1", "PLAINTEXT")
+
+
+# --- re-runs: the original build's route, by name, only while it still admits the event ------------------
+
+
+def _rerun_config(dev_branches: list[str]) -> Any:
+    from bridge.config import parse_config
+
+    text = f"""
+[github]
+token = "env:T"
+webhook_secrets = ["env:W"]
+
+[[routes]]
+name = "prod"
+provider = "github"
+repositories = ["*"]
+branches = ["release"]
+events = ["push", "rerun"]
+project = "prod"
+env = {{ DEPLOY_KEY = "secretsmanager:prod/deploy" }}
+
+[[routes]]
+name = "dev"
+provider = "github"
+repositories = ["*"]
+branches = {json.dumps(dev_branches)}
+events = ["push", "rerun"]
+project = "dev"
+"""
+    return parse_config(text, base_dir=Path("/tmp"))
+
+
+def _rerun_of(event: SourceEvent) -> SourceEvent:
+    return replace(event, kind="rerun", event_name="check_run", action="rerequested", branch=None, ref=None)
+
+
+def test_a_rerun_builds_on_the_original_route_not_the_first_route_taking_reruns() -> None:
+    """Issue 19, item 5: a build made on `dev` (branches *) re-run must not become a `prod` build."""
+    config = _rerun_config(["*"])
+    original = replace(GH_SAME_PR, kind="push", branch="feature", ref="refs/heads/feature", pr_number=None)
+    outcome = intake(config, _rerun_of(original), original_build=lambda rerun: ("dev", original))
+    assert isinstance(outcome, Accepted)
+    assert outcome.route.name == "dev"
+    assert outcome.route.project == "dev"
+
+
+def test_a_rerun_whose_route_is_gone_or_no_longer_admits_it_builds_nothing() -> None:
+    original = replace(GH_SAME_PR, kind="push", branch="feature", ref="refs/heads/feature", pr_number=None)
+    gone = intake(_rerun_config(["*"]), _rerun_of(original), original_build=lambda rerun: ("qa", original))
+    assert isinstance(gone, Ignored)
+    assert "routes[qa], which no longer exists" in gone.reason
+    narrowed = intake(
+        _rerun_config(["main"]), _rerun_of(original), original_build=lambda rerun: ("dev", original)
+    )
+    assert isinstance(narrowed, Ignored)
+    assert "routes[dev] no longer builds it" in narrowed.reason
+    unknown = intake(_rerun_config(["*"]), _rerun_of(original), original_build=lambda rerun: None)
+    assert isinstance(unknown, Ignored)
+    assert "has not built" in unknown.reason

@@ -64,6 +64,7 @@ def make_rig(
     *,
     edit: Callable[[str], str] = lambda text: text,
     signing_secret: str | None = None,
+    secretsmanager: Callable[[], Any] | None = None,
     **options: Any,
 ) -> Rig:
     """`edit` rewrites the routing file text (e.g. a wildcard branch list) before it is parsed."""
@@ -80,7 +81,11 @@ def make_rig(
     if signing_secret is not None:
         environ[SIGNING_ENV] = signing_secret
     services = make_services(
-        config, environ=environ, fetch_certificate=default_signer().fetcher(), confirm_subscription=Recorder()
+        config,
+        environ=environ,
+        secretsmanager=secretsmanager,
+        fetch_certificate=default_signer().fetcher(),
+        confirm_subscription=Recorder(),
     )
     worker = Worker(services)
     app = create_app(config, services, worker=worker)

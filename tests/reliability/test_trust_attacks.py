@@ -11,7 +11,16 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from tests.e2e.support import Delivery, github_delivery, github_payload, gitlab_delivery, gitlab_payload
+import boto3
+
+from tests.e2e.support import (
+    REGION,
+    Delivery,
+    github_delivery,
+    github_payload,
+    gitlab_delivery,
+    gitlab_payload,
+)
 from tests.reliability.rig import RigFactory
 from tests.signing import new_standard_webhook_secret, standard_webhook_headers
 
@@ -189,14 +198,16 @@ def test_an_unsigned_idempotency_key_cannot_suppress_a_signed_delivery(rig_facto
 # -- item 9: answers to unauthenticated callers name no secret ---------------------------------------------
 
 
+MISSING = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/hooks-AbCdEf#github_key"
+
+
 def test_an_unauthenticated_caller_learns_no_secret_name_from_a_503_or_readyz(
     rig_factory: RigFactory,
 ) -> None:
+    """A webhook secret's ARN that Secrets Manager (moto) does not hold: deliveries get 503 until it does."""
     rig = rig_factory(
-        edit=lambda text: text.replace(
-            '"env:GITHUB_OLD_WEBHOOK_SECRET"',
-            '"secretsmanager:arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/hooks-AbCdEf#github_key"',
-        )
+        edit=lambda text: text.replace('"env:GITHUB_OLD_WEBHOOK_SECRET"', f'"secretsmanager:{MISSING}"'),
+        secretsmanager=lambda: boto3.client("secretsmanager", region_name=REGION),
     )
     forged = github_delivery("push", github_payload("push", None, 4), secret="not-the-secret")
 
