@@ -301,10 +301,11 @@ def create_app(
                 return row.delivery_id
         return None
 
-    def restart(ctx: _Delivery, delivery_id: str) -> Response:
-        services.delivery_queue.enqueue(delivery_id)
+    def restart(ctx: _Delivery, key: str) -> Response:
+        services.delivery_queue.enqueue(key)
         worker.wake()
-        return answer(ctx, 202, {"delivery": delivery_id, "restarted": True}, "restarted")
+        shown = key.partition(":")[2] if key.startswith(("github:", "gitlab:")) else key
+        return answer(ctx, 202, {"delivery": shown, "restarted": True}, "restarted")
 
     def ignore(
         ctx: _Delivery,
@@ -390,9 +391,9 @@ def create_app(
         key = delivery_key(result.provider, delivery_id)
         added = services.store.add_delivery(key, result.provider, event_name, matched.name, result)
         if not added:
-            if services.store.restart_delivery(delivery_id):
+            if services.store.restart_delivery(key):
                 # GitHub's Redeliver (same id) of a delivery whose start failed: start it again now.
-                return restart(ctx, delivery_id)
+                return restart(ctx, key)
             # A replica may have stored the original and died before enqueueing it: enqueue again.
             services.delivery_queue.nudge(key)
             return answer(ctx, 200, {"duplicate": delivery_id}, "duplicate")

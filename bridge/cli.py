@@ -289,7 +289,16 @@ def _redeliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     store, queue = shared_state(config)
     try:
-        delivery_id = args.delivery_id.strip()
+        given = args.delivery_id.strip()
+        # Stored keys are per provider (github:ID, gitlab:ID); the provider's own id is accepted too.
+        delivery_id = next(
+            (
+                key
+                for key in (given, f"github:{given}", f"gitlab:{given}")
+                if store.get_delivery(key) is not None
+            ),
+            given,
+        )
         if store.restart_delivery(delivery_id):
             if queue is not None:
                 queue.enqueue(delivery_id)

@@ -102,7 +102,7 @@ def samples() -> tuple[Sample, ...]:
 # -- the config ------------------------------------------------------------------------------------
 
 
-def demo_config_text(state_dir: Path, *, local_tool: str | None) -> str:
+def demo_config_text(state_dir: Path, *, local_tool: str | None, repository_site: str = "127.0.0.1") -> str:
     """The demo's bridge.toml: secrets as env: references, routes for the sample repositories.
 
     `local_tool`: build with the local builder and this tool; None: CodeBuild routes (recorded).
@@ -128,8 +128,8 @@ def demo_config_text(state_dir: Path, *, local_tool: str | None) -> str:
             # images go to the demo's own storage, not the host's.
             storage = json.dumps(str(state_dir / "local" / "storage"))
             builders += f'isolation = "chroot"\nstorage_driver = "vfs"\nstorage_root = {storage}\n'
-        hosts_github = '["127.0.0.1"]'
-        hosts_gitlab = '["127.0.0.1"]'
+        # host:port of the demo's git server: a repository URL must name the host and the port.
+        hosts_github = hosts_gitlab = json.dumps([repository_site])
     return f"""# Written by `bridge demo`; every secret is an env: reference, set for the demo's server only.
 [server]
 state_path = {state}
@@ -351,7 +351,9 @@ def run(
     if tool is not None:
         repository = DemoRepository(state_dir / "git")
         repository.start()
-    config_path.write_text(demo_config_text(state_dir, local_tool=tool), encoding="utf-8")
+    site = repository.base.removeprefix("http://") if repository is not None else HOST
+    text = demo_config_text(state_dir, local_tool=tool, repository_site=site)
+    config_path.write_text(text, encoding="utf-8")
     from bridge.config import load_config
 
     load_config(config_path)  # a config the demo wrote must load; say so here, not in the server's log

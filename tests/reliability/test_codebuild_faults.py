@@ -212,7 +212,9 @@ def test_a_start_whose_answer_was_lost_is_found_not_repeated_once_the_token_is_f
     assert len(run.double.calls("StartBuild")) == 1
     assert run.double.calls("ListBuildsForProject")
     variables = run.double.build(build_id)["environment"]["environmentVariables"]
-    assert {"name": "BRIDGE_DELIVERY_ID", "value": "lost-answer-push", "type": "PLAINTEXT"} in variables
+    # The server's key for the delivery: ids are namespaced per provider (issue 19, item 6).
+    expected = {"name": "BRIDGE_DELIVERY_ID", "value": "github:lost-answer-push", "type": "PLAINTEXT"}
+    assert expected in variables
     (check_run,) = run.github.check_runs.values()
     assert check_run["external_id"] == build_id
     assert check_run["conclusion"] == "success"
