@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import re
 import selectors
 import socket
 import struct
@@ -62,6 +63,50 @@ _HEADERS_TOO_LARGE: Final = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 )
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+_Head = tuple[str, str, dict[str, str], "int | None"]  # method, path, headers, body length (None: chunked)
+_TOKEN: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TARGET: Final = re.compile(rb"/[!-~]*")
+
+
+def _plain_head(head: bytes) -> _Head | None:
+    """The usual head (what GitHub, GitLab and SNS send) read in one pass; None for anything else
+    (any framing doubt, an unusual line), which gunicorn's own parser then reads. Parsing here is
+    only to decide when the request has arrived; the request thread parses it again, with gunicorn."""
+    lines = head[:-4].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if (
+        len(parts) != 3
+        or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0")
+        or _TOKEN.fullmatch(parts[0]) is None
+        or _TARGET.fullmatch(parts[1]) is None
+    ):
+        return None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None:
+            return None
+        key = name.decode("ascii").lower()
+        if key in headers:
+            if key in ("content-length", "transfer-encoding", "host"):
+                return None
+            continue
+        headers[key] = value.strip(b" \t").decode("latin-1")
+    framing = headers.get("transfer-encoding")
+    declared = headers.get("content-length")
+    if framing is not None:
+        if declared is not None or framing.lower() != "chunked" or parts[2] != b"HTTP/1.1":
+            return None
+        length = None
+    elif declared is not None:
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 18:
+            return None
+        length = int(declared)
+    else:
+        length = 0
+    return parts[0].decode("ascii"), parts[1].decode("ascii").split("?", 1)[0], headers, length
 
 
 class _Incoming:
@@ -182,39 +227,48 @@ class IntakeWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no typ
         if rest:
             incoming.pieces.append(rest)
             incoming.received = len(rest)
-        try:
-            request = Request(self.cfg, IterUnreader([incoming.head]), incoming.conn.client)
-        except Exception:  # gunicorn's parser in the request thread answers it (400)
+        parsed = _plain_head(incoming.head) or self._gunicorn_head(incoming.head, incoming.conn.client)
+        if parsed is None:  # gunicorn's parser in the request thread answers it (400)
             self._dispatch(incoming)
             return
-        headers: dict[str, str] = {}
-        for name, value in request.headers:
-            headers.setdefault(name.lower(), value)
-        if request.method == "GET" and request.path in intake.ops_paths:
+        method, path, headers, length = parsed
+        if method == "GET" and path in intake.ops_paths:
             self._dispatch(incoming, self._ops_pool)
             return
-        reader = request.body.reader
-        incoming.chunked = not hasattr(reader, "length")
+        incoming.chunked = length is None
         try:
-            refused = intake.refused(request.method, request.path, lambda name: headers.get(name.lower()))
+            refused = intake.refused(method, path, lambda name: headers.get(name.lower()))
         except Exception:  # a bug in a check must not stop the main loop: the app answers it
             refused = True
         if refused:
             # Answered from its headers; a body it has is never read, and ends the connection.
-            self._dispatch(incoming, close=incoming.chunked or int(reader.length) > 0)
+            self._dispatch(incoming, close=length is None or length > 0)
             return
-        if incoming.chunked:
+        if length is None:
             incoming.reserve = intake.max_body_bytes
         else:
-            incoming.reserve = incoming.need = int(reader.length)
+            incoming.reserve = incoming.need = length
         incoming.deadline = time.monotonic() + intake.body_timeout_seconds
-        if request._expected_100_continue:
+        if headers.get("expect", "").lower() == "100-continue":
             self._send_quietly(incoming.conn.sock, _CONTINUE)
         if not self._try_reserve(incoming, intake):
             self.poller.unregister(incoming.conn.sock)
             self._parked.append(incoming)
             return
         self._on_body(incoming, intake)
+
+    def _gunicorn_head(self, head: bytes, client: Any) -> _Head | None:
+        """The head as gunicorn's parser reads it: for anything `_plain_head` leaves to it."""
+        try:
+            request = Request(self.cfg, IterUnreader([head]), client)
+        except Exception:
+            return None
+        headers: dict[str, str] = {}
+        for name, value in request.headers:
+            headers.setdefault(name.lower(), value)
+        reader = request.body.reader
+        length = int(reader.length) if hasattr(reader, "length") else None
+        return request.method, request.path, headers, length
 
     def _on_body(self, incoming: _Incoming, intake: Intake) -> None:
         if not incoming.chunked:
