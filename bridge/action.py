@@ -30,9 +30,17 @@ from bridge.builders.base import Builder
 from bridge.core.cache import parse_cache_mode
 from bridge.core.platforms import parse_platforms
 from bridge.core.signing import parse_sign_key
-from bridge.core.trust import Policy, TrustFacts, granted
+from bridge.core.trust import Grant, Policy, TrustFacts, decide
 from bridge.errors import BridgeError, InputError, ReporterError
-from bridge.model import BuildOptions, BuildRecord, BuildRequest, BuildStatus, RegistryAuth, SourceEvent
+from bridge.model import (
+    BuildOptions,
+    BuildRecord,
+    BuildRequest,
+    BuildStatus,
+    ForkPolicy,
+    RegistryAuth,
+    SourceEvent,
+)
 from bridge.plan import parse_bool, parse_env_vars, plan_build, registry_env
 from bridge.poll import Backoff
 from bridge.secret import Secret
@@ -160,6 +168,7 @@ class ActionInputs:
     aws_region: str | None
     poll_interval_seconds: float
     workspace: WorkspaceSource | None = None  # None: CodeBuild fetches the repository itself
+    allow_fork_code: bool = False  # build a fork's code on a privileged event (nothing trusted passed)
 
 
 def _input(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -234,6 +243,7 @@ def read_inputs(env: Mapping[str, str]) -> ActionInputs:
         aws_region=_optional(env, "aws-region"),
         poll_interval_seconds=poll_seconds,
         workspace=workspace,
+        allow_fork_code=parse_bool(_input(env, "allow-fork-code") or "false", input_name="allow-fork-code"),
     )
 
 
@@ -602,6 +612,7 @@ def _run(env: Mapping[str, str], commands: WorkflowCommands, cancel: Cancellatio
     if inputs.github_token is not None:
         commands.mask(inputs.github_token)
     event = load_event(env)
+    grant = _grant(event, inputs, inputs.options, commands)  # before anything is uploaded or started
     from bridge import aws
     from bridge.builders.codebuild import CodeBuildBuilder
 
@@ -615,11 +626,6 @@ def _run(env: Mapping[str, str], commands: WorkflowCommands, cancel: Cancellatio
         options = _upload_workspace(
             env, inputs, inputs.workspace, aws.client("s3", session=session), commands
         )
-    # The workflow's author chose to run this build; a fork's code still never pushes to the image
-    # repository (bridge.core.trust decides, as for the server's routes).
-    grant = granted(event, Policy.of_options("action", options, forks="allow"), TrustFacts.of(event))
-    for reason in grant.dropped:
-        commands.warning(f"not passed to this build: {reason}")
     request = plan_build(
         event, options, grant=grant, idempotency_seed=idempotency_seed(env), context_env=context
     )
@@ -657,6 +663,46 @@ def _run(env: Mapping[str, str], commands: WorkflowCommands, cancel: Cancellatio
         title=f"CodeBuild {status.build_status}",
     )
     return 1
+
+
+# Events whose workflows run with the repository's secrets and write token, although what they carry
+# (a pull request's head, a triggering run's head and artifacts) can be a fork's code.
+PRIVILEGED_EVENTS = frozenset({"pull_request_target", "workflow_run"})
+
+
+def _grant(
+    event: SourceEvent, inputs: ActionInputs, options: BuildOptions, commands: WorkflowCommands
+) -> Grant:
+    """What this build gets, decided by bridge.core.trust as for the server's routes.
+
+    The Action's "route" is its inputs. On `pull_request` a fork's workflow has no secrets to give
+    (GitHub withholds them), so forks = allow; a fork's code still never pushes. On a privileged event
+    the workflow holds this repository's secrets: a fork's code is refused (forks = never) unless
+    `allow-fork-code` says to build it with nothing trusted (forks = without-secrets).
+    """
+    privileged = event.event_name in PRIVILEGED_EVENTS
+    forks: ForkPolicy = ("without-secrets" if inputs.allow_fork_code else "never") if privileged else "allow"
+    decision = decide(event, Policy.of_options("action", options, forks=forks), TrustFacts.of(event))
+    if not isinstance(decision, Grant):
+        what = f"pull request #{event.pr_number}" if event.pr_number is not None else "the triggering run"
+        source = event.head_repository or "a deleted fork"
+        raise InputError(
+            "allow-fork-code",
+            f"{event.event_name} runs with this repository's secrets, and the head of {what} is fork code "
+            f"({source}): not building it",
+            hint="build fork pull requests on `pull_request` (GitHub gives their workflows no secrets), or "
+            "set `allow-fork-code: true` to build the fork's code with no secret or parameter-store "
+            "variables, no registry credentials and no push",
+        )
+    if privileged and decision.source == "fork":
+        commands.warning(
+            f"allow-fork-code: building fork code from {event.head_repository or 'a deleted fork'} on "
+            f"{event.event_name} without this repository's secret variables, registry credentials or push",
+            title="fork code",
+        )
+    for reason in decision.dropped:
+        commands.warning(f"not passed to this build: {reason}")
+    return decision
 
 
 def _upload_workspace(

@@ -528,7 +528,11 @@ def from_actions(env: Mapping[str, str], payload: Mapping[str, Any]) -> SourceEv
 
     if event_name in ("pull_request", "pull_request_target"):
         # GITHUB_SHA is the merge commit (pull_request) or the base branch tip (pull_request_target).
-        return _github_pull_request(root, event_name, site)
+        event = _github_pull_request(root, event_name, site)
+        if root.obj("pull_request").obj("head").maybe_obj("repo") is None:
+            # The fork was deleted; its head commit still is the fork's code (under refs/pull/N/head).
+            event = dataclasses.replace(event, is_fork=True, head_repository=None)
+        return event
 
     split = _split_ref(ref) if ref else None
     kind: EventKind = "manual"
@@ -554,7 +558,25 @@ def from_actions(env: Mapping[str, str], payload: Mapping[str, Any]) -> SourceEv
         api_url=api_url,
         sender=sender,
         default_branch=_default_branch(root),
+        **_workflow_run_head(root, repository) if event_name == "workflow_run" else {},
     )
+
+
+def _workflow_run_head(root: _Fields, repository: str) -> dict[str, Any]:
+    """Where the run that triggered this workflow_run took its code: a fork's pull request run
+    makes the workflow_run (which has the repository's secrets) carry fork code, in its artifacts and
+    its head_sha, which a workflow may check out and build."""
+    run = root.maybe_obj("workflow_run")
+    head = run.maybe_obj("head_repository") if run else None
+    name = head.maybe_text("full_name") if head else None
+    if run is None or name is None:
+        return {}
+    numbers = [pr.data.get("number") for pr in run.objects("pull_requests")]
+    return {
+        "head_repository": name,
+        "is_fork": name.lower() != repository.lower(),
+        "pr_number": next((n for n in numbers if isinstance(n, int)), None),
+    }
 
 
 # ---------------------------------------------------------------------------------------- GitLab

@@ -292,6 +292,170 @@ def test_pull_request_from_a_fork_builds_the_head_commit_of_the_head_repository(
     assert start.params["sourceLocationOverride"] == "https://github.com/forker/Hello-World.git"
 
 
+# --- privileged events that carry fork code -------------------------------------------------------------
+
+TRUSTED_INPUTS = {
+    "image-repository": ECR_REPO,
+    "env-vars": "NODE_ENV=production\nNPM_TOKEN=secretsmanager:ci/npm:token\nDB_URL=ssm:/ci/db-url",
+    "registry-credentials": "secretsmanager:ghcr-bot",
+    "registry-server": "ghcr.io",
+}
+FORK = "forker/Hello-World"
+
+
+def fork_pull_request(*, deleted: bool = False) -> dict[str, Any]:
+    payload = github_example("pull_request", "opened")
+    head = payload["pull_request"]["head"]
+    head["repo"] = (
+        None if deleted else dict(head["repo"], full_name=FORK, clone_url=f"https://github.com/{FORK}.git")
+    )
+    return payload
+
+
+def pull_request_target_env(
+    tmp_path: Path, aws_env: dict[str, str], github_api: FakeGitHub, payload: dict[str, Any], **inputs: str
+) -> dict[str, str]:
+    base_tip = "e" * 40  # GITHUB_SHA of a pull_request_target run is the base branch's tip
+    return runner_env(
+        tmp_path,
+        aws_env,
+        github_api,
+        "pull_request_target",
+        payload,
+        {**TRUSTED_INPUTS, **inputs},
+        github_sha=base_tip,
+        github_ref=f"refs/heads/{payload['pull_request']['base']['ref']}",
+    )
+
+
+def workflow_run_env(
+    tmp_path: Path, aws_env: dict[str, str], github_api: FakeGitHub, head_repository: str, **inputs: str
+) -> dict[str, str]:
+    payload = github_example("workflow_run", "completed")
+    payload["repository"] = dict(payload["repository"], full_name="Codertocat/Hello-World")
+    payload["workflow_run"]["head_repository"] = dict(
+        payload["workflow_run"]["head_repository"], full_name=head_repository
+    )
+    payload["workflow_run"]["event"] = "pull_request"
+    return runner_env(
+        tmp_path,
+        aws_env,
+        github_api,
+        "workflow_run",
+        payload,
+        {**TRUSTED_INPUTS, **inputs},
+        github_sha="d" * 40,
+        github_ref="refs/heads/main",
+    )
+
+
+def start_variables(codebuild_double: CodeBuildDouble) -> dict[str, tuple[str, str]]:
+    [start] = codebuild_double.calls("StartBuild")
+    return {v["name"]: (v["type"], v["value"]) for v in start.params.get("environmentVariablesOverride", [])}
+
+
+def assert_refused_naming_the_opt_in(
+    run: ActionRun, event_name: str, codebuild_double: CodeBuildDouble
+) -> None:
+    assert run.returncode == 2, run.stdout + run.stderr
+    [error] = error_lines(run)
+    assert "allow-fork-code" in error
+    assert f"{event_name} runs with this repository's secrets" in error
+    assert "fork code" in error
+    assert codebuild_double.requests == []
+
+
+@pytest.mark.parametrize("deleted", [False, True], ids=["fork", "deleted-fork"])
+def test_pull_request_target_refuses_a_fork_head_with_one_error_naming_the_opt_in(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    github_api: FakeGitHub,
+    actions_token: str,
+    codebuild_double: CodeBuildDouble,
+    deleted: bool,
+) -> None:
+    env = pull_request_target_env(tmp_path, aws_env, github_api, fork_pull_request(deleted=deleted))
+    run = run_action(env, tmp_path)
+
+    assert_refused_naming_the_opt_in(run, "pull_request_target", codebuild_double)
+    assert check_run_requests(github_api) == []
+
+
+def test_pull_request_target_with_allow_fork_code_drops_secrets_registry_credentials_and_the_push(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    github_api: FakeGitHub,
+    actions_token: str,
+    codebuild_double: CodeBuildDouble,
+) -> None:
+    payload = fork_pull_request()
+    env = pull_request_target_env(tmp_path, aws_env, github_api, payload, **{"allow-fork-code": "true"})
+    run = run_action(env, tmp_path)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    [start] = codebuild_double.calls("StartBuild")
+    assert start.params["sourceVersion"] == payload["pull_request"]["head"]["sha"]
+    assert start.params["sourceLocationOverride"] == f"https://github.com/{FORK}.git"
+    variables = start_variables(codebuild_double)
+    assert {name for name, (kind, _) in variables.items() if kind != "PLAINTEXT"} == set()
+    assert not any(name.startswith("REGISTRY_") for name in variables)
+    assert "IMAGE_REPOSITORY" not in variables
+    assert variables["NODE_ENV"] == ("PLAINTEXT", "production")
+    warnings = [unescape_command(line) for line in run.stdout.splitlines() if line.startswith("::warning")]
+    assert any("allow-fork-code: building fork code from forker/Hello-World" in w for w in warnings)
+    assert any("NPM_TOKEN" in w and "DB_URL" in w for w in warnings)
+    assert any("registry credentials" in w for w in warnings)
+    assert error_lines(run) == []
+
+
+def test_pull_request_target_from_the_repository_itself_builds_with_its_secrets(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    github_api: FakeGitHub,
+    actions_token: str,
+    codebuild_double: CodeBuildDouble,
+) -> None:
+    payload = github_example("pull_request", "opened")  # head and base are the same repository
+    run = run_action(pull_request_target_env(tmp_path, aws_env, github_api, payload), tmp_path)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    variables = start_variables(codebuild_double)
+    assert variables["NPM_TOKEN"] == ("SECRETS_MANAGER", "ci/npm:token")
+    assert variables["REGISTRY_PASSWORD"] == ("SECRETS_MANAGER", "ghcr-bot:password")
+    assert variables["IMAGE_REPOSITORY"] == ("PLAINTEXT", ECR_REPO)
+    assert not any(line.startswith("::warning") for line in run.stdout.splitlines())
+
+
+def test_workflow_run_of_a_fork_is_refused_and_built_without_secrets_when_allowed(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    github_api: FakeGitHub,
+    actions_token: str,
+    codebuild_double: CodeBuildDouble,
+) -> None:
+    env = workflow_run_env(tmp_path, aws_env, github_api, FORK)
+    refused = run_action(env, tmp_path)
+    assert_refused_naming_the_opt_in(refused, "workflow_run", codebuild_double)
+
+    allowed = run_action({**env, "INPUT_ALLOW-FORK-CODE": "true"}, tmp_path)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    variables = start_variables(codebuild_double)
+    assert {name for name, (kind, _) in variables.items() if kind != "PLAINTEXT"} == set()
+    assert not any(name.startswith("REGISTRY_") for name in variables)
+
+
+def test_workflow_run_of_the_repository_itself_builds_with_its_secrets(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    github_api: FakeGitHub,
+    actions_token: str,
+    codebuild_double: CodeBuildDouble,
+) -> None:
+    run = run_action(workflow_run_env(tmp_path, aws_env, github_api, "Codertocat/Hello-World"), tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert start_variables(codebuild_double)["NPM_TOKEN"] == ("SECRETS_MANAGER", "ci/npm:token")
+
+
 @pytest.mark.parametrize(
     ("final_status", "conclusion"),
     [("FAILED", "failure"), ("FAULT", "failure"), ("TIMED_OUT", "timed_out"), ("STOPPED", "cancelled")],

@@ -504,6 +504,28 @@ def test_from_actions_pull_request_with_deleted_fork_clones_the_base() -> None:
     assert event.clone_url == "https://github.com/Codertocat/Hello-World.git"
     assert event.sha == payload["pull_request"]["head"]["sha"]
     assert event.ref == "refs/pull/2/head"
+    assert event.is_fork is True  # the head commit is still the deleted fork's code
+    assert event.head_repository is None
+
+
+@pytest.mark.parametrize(
+    ("head_repository", "fork"),
+    [("forker/Hello-World", True), ("Codertocat/Hello-World", False), ("codertocat/hello-world", False)],
+)
+def test_from_actions_workflow_run_knows_whether_the_triggering_run_was_a_fork(
+    head_repository: str, fork: bool
+) -> None:
+    payload = github_example("workflow_run", "completed")
+    payload["repository"] = dict(payload["repository"], full_name="Codertocat/Hello-World")
+    payload["workflow_run"]["head_repository"] = dict(
+        payload["workflow_run"]["head_repository"], full_name=head_repository
+    )
+    payload["workflow_run"]["pull_requests"] = [{"number": 7, "id": 1, "url": "x", "head": {}, "base": {}}]
+    event = from_actions(_actions_env(payload, "workflow_run", OTHER_SHA, "refs/heads/main"), payload)
+    assert event.is_fork is fork
+    assert event.head_repository == head_repository
+    assert event.pr_number == 7
+    assert event.sha == OTHER_SHA  # what is built stays the workflow's own commit
 
 
 def test_from_actions_enterprise_server() -> None:
