@@ -29,15 +29,24 @@ from typing import Any, Final, Protocol, TypeVar
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from bridge import events, jsonfast, operator_page, verify
+from bridge import events, jsonfast, operator_page, routing, verify
 from bridge.admission import delivery_key, intake
 from bridge.config import Config
+from bridge.core.approval import (
+    ApprovalCommand,
+    Refusal,
+    approval_delivery_id,
+    built_by_approval,
+    check_approver,
+    check_head,
+)
 from bridge.core.trust import AwaitingApproval
 from bridge.errors import (
     BadRequestError,
     BridgeError,
     CredentialsError,
     PayloadTooLargeError,
+    ReporterError,
     SecretError,
     SignatureError,
 )
@@ -45,7 +54,7 @@ from bridge.logs import LOGGED_BY_APP, log_fields
 from bridge.model import Ignored, SourceEvent
 from bridge.secret import Secret
 from bridge.secrets import SecretRef
-from bridge.services import Services, is_sns_subscribe_url
+from bridge.services import ApprovalLookups, Services, is_sns_subscribe_url
 from bridge.worker import DETAIL_TYPE, Worker
 
 log = logging.getLogger("bridge.app")
@@ -382,9 +391,25 @@ def create_app(
             )
         if isinstance(outcome, AwaitingApproval):
             ctx.route = outcome.route
-            return answer(ctx, 200, {"waiting": outcome.reason}, "waiting")
+            if isinstance(result, SourceEvent) and result.kind != "rerun":
+                # Persisted like a build, so the worker posts the status that says how to approve
+                # (a write to GitHub/GitLab has no place in the ack); the worker decides again and
+                # builds nothing while the head is not approved.
+                ctx.fields.update(repository=result.repository, sha=result.sha)
+                key = delivery_key(result.provider, delivery_id)
+                if services.store.add_delivery(key, result.provider, event_name, outcome.route, result):
+                    services.delivery_queue.enqueue(key)
+                    worker.wake()
+                else:
+                    services.delivery_queue.nudge(key)
+            return answer(ctx, 200, {"waiting": outcome.reason, "delivery": delivery_id}, "waiting")
         matched, result = outcome.route, outcome.event
         ctx.route = matched.name
+        approval_id = built_by_approval(result, matched.forks, delivery_id)
+        if approval_id is not None:
+            # An approved fork head (a reopened pull request, a redelivered push) is built under its
+            # approval's delivery only, so it is never built twice.
+            return answer(ctx, 200, {"duplicate": approval_id}, "duplicate")
         ctx.fields.update(repository=result.repository, sha=result.sha)
         if outcome.grant.dropped:
             ctx.fields["dropped"] = list(outcome.grant.dropped)
@@ -400,6 +425,52 @@ def create_app(
         services.delivery_queue.enqueue(key)  # persisted first: a lost message is re-sent above
         worker.wake()
         return answer(ctx, 202, {"delivery": delivery_id, "route": matched.name}, "accepted")
+
+    def approve(ctx: _Delivery, command: ApprovalCommand | Ignored) -> Response:
+        """A maintainer's approval of a fork's head: checked against the providers' APIs, recorded
+        with the head SHA, then the change goes through the ordinary intake (the trust decision sees
+        the approval) under a delivery id of its own, so two approvals of one head build once."""
+        if isinstance(command, Ignored):
+            return ignore(ctx, command.reason, repository=None)
+        ctx.fields.update(approver=command.by, change=command.label)
+        decision = _judge_approval(config, services.approval_lookups, command)
+        if isinstance(decision, Refusal):
+            log.warning(
+                "approval refused",
+                extra={"delivery": ctx.delivery, "approver": command.by, "change": command.label},
+            )
+            ctx.fields["refused"] = decision.reason
+            return ignore(
+                ctx, decision.reason, repository=command.repository, sha=command.sha, outcome="refused"
+            )
+        if isinstance(decision, Ignored):
+            return ignore(ctx, decision.reason, repository=command.repository, sha=command.sha)
+        change = decision
+        services.store.record_approval(
+            change.provider, change.repository, change.pr_number or 0, change.sha, command.by
+        )
+        log.info(
+            "approval recorded",
+            extra={
+                "delivery": ctx.delivery,
+                "approver": command.by,
+                "change": command.label,
+                "sha": change.sha,
+            },
+        )
+        return accept(ctx, change, approval_delivery_id(change), ctx.event, change.repository)
+
+    def gitlab_approve(ctx: _Delivery, command: ApprovalCommand | Ignored) -> Response:
+        """GitLab disables a hook after four failed deliveries: an approval that cannot be checked now
+        (GitLab's API failing) is answered 200 with the reason, and the maintainer comments again."""
+        try:
+            return approve(ctx, command)
+        except ReporterError as exc:
+            log.warning("approval not checked", extra={"delivery": ctx.delivery, "error": exc.message})
+            reason = f"approval not checked: {exc.message}"
+            return ignore(
+                ctx, reason, repository=None if isinstance(command, Ignored) else command.repository
+            )
 
     # -- webhooks -------------------------------------------------------------------------------
 
@@ -434,6 +505,9 @@ def create_app(
                 )
             _require_json_content_type(ctx.environ, "set the webhook's Content type to application/json")
             payload = _json_object(body)
+            command = events.github_approval(ctx.event, payload, command=settings.approval_command)
+            if command is not None:
+                return approve(ctx, command)
             result = events.from_github(ctx.event, payload, api_url=settings.api_url)
             repository = _named(payload, "repository", "full_name")
             return accept(ctx, result, ctx.delivery, ctx.event, repository, scopes=scopes)
@@ -484,6 +558,9 @@ def create_app(
             ctx.delivery = gitlab_delivery_id(headers, signed_id, body)
             payload = _json_object(body)
             try:
+                command = events.gitlab_approval(ctx.event, payload, command=settings.approval_command)
+                if command is not None:
+                    return gitlab_approve(ctx, command)
                 result = events.from_gitlab(ctx.event, payload)
             except BadRequestError as exc:
                 # Verified, but not in a shape we know: refusing it would count towards disabling the hook.
@@ -810,3 +887,48 @@ def gitlab_delivery_id(headers: Mapping[str, str], signed_id: str | None, body: 
         if value and value.strip():
             return value.strip()
     return "body-" + hashlib.sha256(body).hexdigest()[:32]
+
+
+def _judge_approval(
+    config: Config, lookups: ApprovalLookups, command: ApprovalCommand
+) -> SourceEvent | Ignored | Refusal:
+    """The change an approval is for, as it is now, if the approval counts; else why it does not.
+
+    The change's route must build forks only on approval (elsewhere an approval changes nothing);
+    the approval must name the current head; and the provider's API, not the payload, must say the
+    approver may approve.
+    """
+    if command.provider == "github":
+        settings = config.github
+        pull = lookups.github_pull_request(command)
+        change = events.github_pull_request_from_api(
+            pull,
+            sender=command.by,
+            installation_id=command.installation_id,
+            api_url=settings.api_url if settings is not None else None,
+        )
+    else:
+        change = command.change or Ignored(f"approval of {command.label}: the note names no merge request")
+    if isinstance(change, Ignored):
+        return change
+    provider = config.github if change.provider == "github" else config.gitlab
+    foreign = routing.foreign_host(change, provider.allowed_hosts if provider is not None else ())
+    if foreign is not None:
+        return foreign
+    route = routing.match_route(change, config.routes)
+    if isinstance(route, Ignored):
+        return route
+    if not change.is_fork:
+        return Ignored(f"approval of {command.label}: not a fork, nothing to approve")
+    if route.forks != "approve":
+        return Ignored(
+            f"approval of {command.label}: routes[{route.name}].forks is {route.forks}, not approve"
+        )
+    refusal = check_head(command, change.sha)
+    if refusal is not None:
+        return refusal
+    if command.provider == "github":
+        refusal = check_approver(command, permission=lookups.github_permission(command))
+    else:
+        refusal = check_approver(command, access_level=lookups.gitlab_access_level(command))
+    return refusal if refusal is not None else change

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, cast
 from urllib.parse import urlsplit
 
+from bridge.core.approval import DEFAULT_COMMAND as DEFAULT_APPROVAL_COMMAND
 from bridge.core.platforms import PLATFORMS_HINT, parse_platforms
 from bridge.core.platforms import SUPPORTED as SUPPORTED_PLATFORMS
 from bridge.core.signing import SIGN_HINT, parse_sign_key
@@ -97,6 +98,7 @@ class GitHubSettings:
     repository_hosts: tuple[str, ...] = ()
     # Secrets that verify deliveries of some repositories only (globs); the others verify any.
     secret_scopes: Mapping[SecretRef, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    approval_command: str = DEFAULT_APPROVAL_COMMAND
 
     @property
     def allowed_hosts(self) -> tuple[str, ...]:
@@ -113,6 +115,7 @@ class GitLabSettings:
     repository_hosts: tuple[str, ...] = ()
     # Tokens that verify deliveries of some projects only (globs); the others verify any.
     secret_scopes: Mapping[SecretRef, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    approval_command: str = DEFAULT_APPROVAL_COMMAND
 
     @property
     def api_url(self) -> str:
@@ -320,6 +323,7 @@ _COMPUTE_TYPE = re.compile(
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE_REPOSITORY = re.compile(rf"(?:[A-Za-z0-9.-]+(?::\d+)?/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_APPROVAL_COMMAND = re.compile(r"\S{1,100}")
 _TAG_PLACEHOLDERS: Final = ("sha", "short_sha", "branch", "tag", "pr", "ref_slug")
 _TAG_LITERAL = re.compile(r"[A-Za-z0-9_.-]*")
 
@@ -481,6 +485,16 @@ _GITHUB_KEYS = (
         pattern=_HOSTNAME,
         form="lowercase host names such as github.com, with :PORT for a port other than 443/80",
     ),
+    _Key(
+        "approval_command",
+        "string",
+        'The comment that approves a fork pull request\'s head commit for routes with forks = "approve": '
+        "its first line is the command alone, or the command and the head's SHA. Only people with write "
+        "access may approve, as GitHub's collaborators API says.",
+        default=DEFAULT_APPROVAL_COMMAND,
+        pattern=_APPROVAL_COMMAND,
+        form="one word without spaces, such as /ok-to-build",
+    ),
 )
 
 _GITLAB_KEYS = (
@@ -509,6 +523,16 @@ _GITLAB_KEYS = (
         default_doc="url's host",
         pattern=_HOSTNAME,
         form="lowercase host names such as gitlab.example.com, with :PORT for a port other than 443/80",
+    ),
+    _Key(
+        "approval_command",
+        "string",
+        'The comment that approves a fork merge request\'s head commit for routes with forks = "approve": '
+        "its first line is the command alone, or the command and the head's SHA. Only members with the "
+        "Developer role or more may approve, as GitLab's members API says.",
+        default=DEFAULT_APPROVAL_COMMAND,
+        pattern=_APPROVAL_COMMAND,
+        form="one word without spaces, such as /ok-to-build",
     ),
 )
 
@@ -1216,6 +1240,7 @@ class _Reader:
             token=token,
             repository_hosts=values["repository_hosts"] or (),
             secret_scopes=self.scoped(values["webhook_secrets"]),
+            approval_command=values["approval_command"],
         )
 
     def scoped(self, *groups: tuple[SecretRef, ...] | None) -> Mapping[SecretRef, tuple[str, ...]]:
@@ -1242,6 +1267,7 @@ class _Reader:
             signing_tokens=values["signing_tokens"] or (),
             repository_hosts=values["repository_hosts"] or (),
             secret_scopes=self.scoped(values["webhook_tokens"], values["signing_tokens"]),
+            approval_command=values["approval_command"],
         )
 
     def sns(self, raw: object) -> SnsSettings:

@@ -140,9 +140,13 @@ class Services:
     def approved_sha(self, event: SourceEvent) -> str | None:
         """The head SHA a maintainer approved for the event's change (forks = approve), or None.
 
-        Read by the intake and again by the worker, through bridge.core.trust.decide only.
+        Read by the intake and again by the worker, through bridge.core.trust.decide only. The
+        approval is recorded per change (pull request number / merge request iid), with its SHA:
+        the decision compares that SHA with the event's head, so a new push needs a new approval.
         """
-        return None
+        if event.pr_number is None:
+            return None
+        return self.store.approved_sha(event.provider, event.repository, event.pr_number)
 
     def reporter_for(self, event: SourceEvent, route_name: str) -> StatusReporter | None:
         return self.reporters(event, self.route(route_name))

@@ -300,6 +300,10 @@ class StateStore(Protocol):
 
     def mark_failed(self, delivery_id: str, error: str, *, reporter_ref: str | None = None) -> None: ...
 
+    def mark_ignored(self, delivery_id: str, reason: str) -> None:
+        """An accepted delivery that turned out to build nothing (a fork waiting for approval)."""
+        ...
+
     def get_delivery(self, delivery_id: str) -> DeliveryRow | None: ...
 
     def recent_deliveries(
@@ -793,6 +797,13 @@ class SqliteStore:
                 "UPDATE deliveries SET state = 'failed', last_error = ?,"
                 " reporter_ref = COALESCE(?, reporter_ref) WHERE delivery_id = ?",
                 (error, reporter_ref, delivery_id),
+            )
+
+    def mark_ignored(self, delivery_id: str, reason: str) -> None:
+        with self._guard("recording an outcome"), self._transaction() as conn:
+            conn.execute(
+                "UPDATE deliveries SET state = 'ignored', last_error = ? WHERE delivery_id = ?",
+                (reason, delivery_id),
             )
 
     def get_delivery(self, delivery_id: str) -> DeliveryRow | None:

@@ -478,6 +478,16 @@ class DynamoStore:
             ExpressionAttributeValues=values,
         )
 
+    def mark_ignored(self, delivery_id: str, reason: str) -> None:
+        self._conditional_update(
+            "recording an outcome",
+            Key=_delivery_key(delivery_id),
+            ConditionExpression="attribute_exists(pk)",
+            UpdateExpression="SET #state = :ignored, last_error = :reason",
+            ExpressionAttributeNames={"#state": "state"},
+            ExpressionAttributeValues={":ignored": _s("ignored"), ":reason": _s(reason)},
+        )
+
     def get_delivery(self, delivery_id: str) -> DeliveryRow | None:
         item = self._get(_delivery_key(delivery_id), "reading a delivery")
         return self._delivery(item) if item is not None else None

@@ -45,7 +45,8 @@ import botocore.exceptions
 
 from bridge.builders.base import Builder
 from bridge.core.activity import status_record
-from bridge.core.trust import TrustFacts, granted
+from bridge.core.approval import DEFAULT_COMMAND, awaiting_status, built_by_approval
+from bridge.core.trust import AwaitingApproval, TrustFacts, decide, granted
 from bridge.errors import BridgeError, ConfigError, CredentialsError, SecretError
 from bridge.model import BuildRecord, BuildRequest, BuildStatus, SourceEvent
 from bridge.pace import Pacer
@@ -415,6 +416,16 @@ class Worker:
             route = services.route(route_name)
             # Decided again now: the route (or an approval) may have changed since the delivery was acked.
             approved = services.approved_sha(event) if event.is_fork else None
+            decision = decide(event, route, TrustFacts.of(event, approved_sha=approved))
+            if isinstance(decision, AwaitingApproval):
+                self._await_approval(job, event, route_name, decision)
+                return None
+            approval_id = built_by_approval(event, route.forks, delivery_id)
+            if approval_id is not None:
+                # Approved between the ack and now: the approval's own delivery builds it.
+                services.store.mark_ignored(delivery_id, f"built under the approval's delivery {approval_id}")
+                self._queue.done(job)
+                return None
             grant = granted(event, route, TrustFacts.of(event, approved_sha=approved))
             request = plan_build(
                 event,
@@ -487,6 +498,48 @@ class Worker:
         services.metrics.builds.labels(status="STARTED").inc()
         log.info("build started", extra={**extra, "build_id": build_id})
         return _Started(build_id, event, route_name, status, leased_at=leased_at)
+
+    def _await_approval(
+        self, job: Job, event: SourceEvent, route_name: str, waiting: AwaitingApproval
+    ) -> None:
+        """A fork's head that no maintainer approved: no build, a status saying how to approve.
+
+        Posted once per delivery (a push posts it again on the new head); a failure to post is
+        logged and not retried, since the next push or the approval's build reports anyway.
+        """
+        services = self._services
+        delivery_id = job.pending.delivery_id
+        settings = services.config.github if event.provider == "github" else services.config.gitlab
+        command = settings.approval_command if settings is not None else DEFAULT_COMMAND
+        github = services.config.github
+        # Check-run buttons exist in App mode only; a token posts commit statuses.
+        button = event.provider == "github" and github is not None and github.app_id is not None
+        status = awaiting_status(event, route_name, command, button=button, reason=waiting.reason)
+        try:
+            reporter = services.reporter_for(event, route_name)
+            if reporter is not None:
+                reporter.start(status)
+        except Exception as exc:
+            log.warning(
+                "could not post the waiting-for-approval status",
+                extra={
+                    "delivery": delivery_id,
+                    "route": route_name,
+                    "sha": event.sha,
+                    "error": _describe(exc),
+                },
+            )
+        services.store.mark_ignored(delivery_id, waiting.reason)
+        self._queue.done(job)
+        log.info(
+            "waiting for approval",
+            extra={
+                "delivery": delivery_id,
+                "route": route_name,
+                "repository": event.repository,
+                "sha": event.sha,
+            },
+        )
 
     def _report_started(self, waiting: deque[_Started]) -> None:
         """Post the first status of every build still waiting, in start order; on stop, or on an

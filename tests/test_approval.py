@@ -7,6 +7,7 @@ The whole flow against a real `bridge serve` is tests/e2e/test_approval.py.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from bridge import events
 from bridge.core.approval import (
     DEFAULT_COMMAND,
     ApprovalCommand,
+    approval_delivery_id,
     approve_action,
     awaiting_status,
+    built_by_approval,
     check_approver,
     check_head,
     matches_command,
@@ -342,3 +345,16 @@ def test_the_approvers_access_level_comes_from_gitlabs_members_api(
 
 def test_the_note_payload_file_is_valid_json() -> None:
     assert json.loads(json.dumps(note()))["object_kind"] == "note"
+
+
+def test_a_forks_approved_head_is_built_under_its_approval_only() -> None:
+    event = fork_pr_event()
+    approval_id = approval_delivery_id(event)
+    assert approval_id == f"approval/github/codertocat/hello-world/{event.pr_number}/{HEAD}"
+    assert built_by_approval(event, "approve", "gh-delivery-1") == approval_id
+    assert built_by_approval(event, "approve", approval_id) is None
+    assert built_by_approval(event, "allow", "gh-delivery-1") is None
+    assert built_by_approval(replace(event, kind="rerun"), "approve", "gh-delivery-2") is None
+    assert built_by_approval(replace(event, is_fork=False), "approve", "gh-delivery-1") is None
+    # The worker sees the store's key, namespaced per provider.
+    assert built_by_approval(event, "approve", f"github:{approval_id}") is None

@@ -783,3 +783,12 @@ def test_an_approval_is_pinned_to_one_sha_and_a_new_one_replaces_it(any_store: S
     assert any_store.approved_sha("github", "Codertocat/Hello-World", 3) is None
     assert any_store.approved_sha("gitlab", "Codertocat/Hello-World", 2) is None
     assert any_store.approved_sha("github", "Codertocat/Other", 2) is None
+
+
+def test_an_accepted_delivery_that_builds_nothing_is_marked_ignored(any_store: StateStore) -> None:
+    add(any_store, "d-waiting")
+    any_store.mark_ignored("d-waiting", "waiting for approval")
+    row = any_store.get_delivery("d-waiting")
+    assert row is not None
+    assert (row.state, row.last_error) == ("ignored", "waiting for approval")
+    assert any_store.claim_pending() == []  # never offered to a worker again

@@ -25,8 +25,10 @@ __all__ = [
     "WRITE_PERMISSIONS",
     "ApprovalCommand",
     "Refusal",
+    "approval_delivery_id",
     "approve_action",
     "awaiting_status",
+    "built_by_approval",
     "change_url",
     "check_approver",
     "check_head",
@@ -147,6 +149,28 @@ def number_of_action(identifier: str) -> int | None:
     if digits == identifier or not digits.isdigit():
         return None
     return int(digits)
+
+
+def approval_delivery_id(change: SourceEvent) -> str:
+    """The one delivery a fork's approved head is built under.
+
+    However many maintainers approve a head, however often an approval or the change's own events
+    are redelivered, and whichever arrives first at the worker, the head is built once: the
+    change's own deliveries only ever post the waiting status.
+    """
+    return f"approval/{change.provider}/{change.repository.lower()}/{change.pr_number}/{change.sha}"
+
+
+def built_by_approval(change: SourceEvent, policy: str, delivery_id: str) -> str | None:
+    """For a fork's change on a route that waits for approvals, delivered under any id but its
+    approval's: the approval's delivery id (the build is that one's). None otherwise; a re-run,
+    asked for on a build that ran, builds again."""
+    if not change.is_fork or policy != "approve" or change.kind == "rerun":
+        return None
+    approval_id = approval_delivery_id(change)
+    # The worker sees the store's key, which namespaces the id per provider (admission.delivery_key).
+    own = delivery_id in (approval_id, f"{change.provider}:{approval_id}")
+    return None if own else approval_id
 
 
 def change_url(event: SourceEvent) -> str:
