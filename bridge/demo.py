@@ -266,6 +266,8 @@ def _wait_ready(base: str, child: subprocess.Popen[bytes], log_path: Path) -> No
 
 
 def _send(sample: Sample, body: bytes, values: Mapping[str, str], base: str) -> _Sent:
+    from bridge.admission import delivery_key
+
     request = signed_request(sample, body, values, base)
     delivery = request.headers.get("X-github-delivery") or request.headers.get("X-gitlab-event-uuid") or ""
     try:
@@ -277,7 +279,8 @@ def _send(sample: Sample, body: bytes, values: Mapping[str, str], base: str) -> 
         answer = json.loads(text)
     except ValueError:
         answer = {}
-    return _Sent(sample, delivery, status, answer if isinstance(answer, dict) else {})
+    key = delivery_key(sample.provider, delivery)  # the store keys deliveries per provider
+    return _Sent(sample, key, status, answer if isinstance(answer, dict) else {})
 
 
 def _wait_done(state_path: Path, sent: Sequence[_Sent], timeout: float) -> bool:
