@@ -683,6 +683,11 @@ class CodeBuildDouble:
         with self._lock:
             self._faults.append(Fault(operation, code, count, status, message or f"{code} (scripted)"))
 
+    def heal(self, operation: str) -> None:
+        """Drop the faults still scripted for `operation`: the outage a test made is over."""
+        with self._lock:
+            self._faults = [fault for fault in self._faults if fault.operation != operation]
+
     def lose_answers(
         self, operation: str, code: str = "InternalFailure", *, count: int = 1, status: int = 500
     ) -> None:

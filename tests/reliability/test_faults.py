@@ -274,7 +274,8 @@ def test_sigkill_twice_with_a_queue_then_running_builds_every_delivery_builds_ex
     sent = [github_sent("push", github_payload("push", None, 4), f"burst-{n}") for n in range(4)]
     sent += [gitlab_sent(gitlab_payload("push"), "burst-gl-push")]
     sent += [gitlab_sent(gitlab_payload("merge_request_open"), "burst-gl-mr")]
-    run.double.fail("StartBuild", "AccountLimitExceededException", count=len(sent))
+    # Refused until healed: the worker retries within seconds, so a fixed count could run out before the kill.
+    run.double.fail("StartBuild", "AccountLimitExceededException", count=10_000)
 
     assert [run.server.post(item.delivery)[0] for item in sent] == [202] * len(sent)
     wait_for(
@@ -291,6 +292,7 @@ def test_sigkill_twice_with_a_queue_then_running_builds_every_delivery_builds_ex
     )
     run.server.stop_hard()  # the whole queue is waiting
     assert started(run.double) == []
+    run.double.heal("StartBuild")
     run.server.start()
     # Every start recorded, not only answered: a kill between CodeBuild's answer and the record
     # repeats that StartBuild after the restart (same idempotencyToken, so the same build).
