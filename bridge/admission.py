@@ -18,7 +18,7 @@ from bridge.config import Config, Route
 from bridge.core.trust import AwaitingApproval, Grant, TrustFacts, decide
 from bridge.model import EventKind, Ignored, SourceEvent
 
-__all__ = ["Accepted", "Outcome", "delivery_key", "intake", "route_named"]
+__all__ = ["Accepted", "Outcome", "RerunRefused", "admit_rerun", "delivery_key", "intake", "route_named"]
 
 # The build being re-run: (route name, the event it built), or None when this bridge never built it.
 OriginalBuild = Callable[[SourceEvent], "tuple[str, SourceEvent] | None"]
@@ -31,6 +31,16 @@ class Accepted:
     event: SourceEvent
     route: Route
     grant: Grant
+
+
+@dataclass(frozen=True)
+class RerunRefused(Ignored):
+    """A re-run of a build this bridge made that builds nothing now (its route is gone, takes no
+    re-runs, or no longer admits the event): unlike other refusals it has a check to answer on, so
+    the worker posts a completed one saying why (`route_name`: the original build's route)."""
+
+    route_name: str = ""
+    event: SourceEvent | None = None
 
 
 Outcome = Accepted | Ignored | AwaitingApproval
@@ -68,19 +78,27 @@ def intake(
                 f"the webhook secret that verified this delivery is scoped to other repositories than "
                 f"{event.repository[:200]}: not built"
             )
-    rerun_route: Route | None = None
     if event.kind == "rerun":
-        rerun = _rerun(config, event, original_build)
-        if isinstance(rerun, Ignored):
-            return rerun
-        event, rerun_route = rerun
+        found = original_build(event) if original_build is not None else None
+        if found is None:
+            return Ignored(f"re-run requested for {event.short_sha}, which this bridge has not built")
+        route_name, original = found
+        return admit_rerun(
+            config, route_name, events.inherit_rerun(event, original), approved_sha=approved_sha
+        )
+    route = routing.match_route(event, config.routes)
+    if isinstance(route, Ignored):
+        return route
+    return _admit(config, event, route, approved_sha)
+
+
+def _admit(config: Config, event: SourceEvent, route: Route, approved_sha: ApprovedSha | None) -> Outcome:
+    """The checks every routed event passes: its URLs on a configured host, bound to the repository it
+    names, and the trust decision."""
     provider = config.github if event.provider == "github" else config.gitlab
     foreign = routing.foreign_host(event, provider.allowed_hosts if provider is not None else ())
     if foreign is not None:
         return foreign
-    route = rerun_route if rerun_route is not None else routing.match_route(event, config.routes)
-    if isinstance(route, Ignored):
-        return route
     unbound = routing.unbound(event)
     if unbound is not None:
         return unbound
@@ -91,40 +109,53 @@ def intake(
     return grant
 
 
-def _rerun(
-    config: Config, rerun: SourceEvent, original_build: OriginalBuild | None
-) -> tuple[SourceEvent, Route] | Ignored:
-    """A re-run builds what the original build built, on the original build's route, by name, and only
-    while that route still exists and still builds the original event: asking for a re-run must never
-    move a build to another route (with other secrets)."""
-    found = original_build(rerun) if original_build is not None else None
-    if found is None:
-        return Ignored(f"re-run requested for {rerun.short_sha}, which this bridge has not built")
-    route_name, original = found
+def admit_rerun(
+    config: Config, route_name: str, event: SourceEvent, *, approved_sha: ApprovedSha | None = None
+) -> Outcome:
+    """A re-run (its event inherited from the build it re-runs, events.inherit_rerun) on the original
+    build's route, by name: the intake's answer at the ack, and the worker's again at the start, since
+    the config may have changed in between. Refused: a RerunRefused, which the worker reports."""
+    route = _rerun_route(config, route_name, event)
+    outcome = route if isinstance(route, Ignored) else _admit(config, event, route, approved_sha)
+    if isinstance(outcome, Ignored) and not isinstance(outcome, RerunRefused):
+        return RerunRefused(outcome.reason, route_name=route_name, event=event)
+    return outcome
+
+
+def _rerun_route(config: Config, route_name: str, event: SourceEvent) -> Route | RerunRefused:
+    """The original build's route, while it still exists and still builds the original event: asking
+    for a re-run must never move a build to another route (with other secrets)."""
     route = route_named(config, route_name)
     if route is None:
-        return Ignored(
-            f"re-run of {rerun.short_sha}: its build ran on routes[{route_name}], which no longer exists"
-        )
+        reason = f"re-run of {event.short_sha}: its build ran on routes[{route_name}], which no longer exists"
+        return RerunRefused(reason, route_name=route_name, event=event)
     if "rerun" not in route.events:
-        return Ignored(f"re-run of {rerun.short_sha}: rerun events are not in routes[{route_name}].events")
-    admitted = routing.match_route(_as_built(original), (route,))
-    if isinstance(admitted, Ignored):
-        return Ignored(
-            f"re-run of {rerun.short_sha}: routes[{route_name}] no longer builds it ({admitted.reason})"
+        reason = f"re-run of {event.short_sha}: rerun events are not in routes[{route_name}].events"
+        return RerunRefused(reason, route_name=route_name, event=event)
+    admitted = [routing.match_route(built, (route,)) for built in _as_built(event)]
+    if all(isinstance(answer, Ignored) for answer in admitted):
+        reason = (
+            f"re-run of {event.short_sha}: routes[{route_name}] no longer builds it ({_reason(admitted[0])})"
         )
-    return events.inherit_rerun(rerun, original), route
+        return RerunRefused(reason, route_name=route_name, event=event)
+    return route
 
 
-def _as_built(event: SourceEvent) -> SourceEvent:
-    """A re-run build's stored event is itself a "rerun"; what it re-ran follows from its fields, so a
-    re-run of a re-run meets the route's branch and tag filters like the first build did."""
+def _as_built(event: SourceEvent) -> tuple[SourceEvent, ...]:
+    """The event a re-run re-builds, as the route's filters see it. A re-run's event (and a re-run
+    build's stored event) has kind "rerun"; what it re-runs follows from its fields: a change, a tag
+    (pushed, or a release's), or a branch commit (pushed, or built on request)."""
     if event.kind != "rerun":
-        return event
+        return (event,)
+    kinds: tuple[EventKind, ...]
     if event.pr_number is not None:
-        kind: EventKind = "merge_request" if event.provider == "gitlab" else "pull_request"
+        kinds = ("merge_request",) if event.provider == "gitlab" else ("pull_request",)
     elif event.tag is not None:
-        kind = "tag"
+        kinds = ("tag", "release")
     else:
-        kind = "push"
-    return dataclasses.replace(event, kind=kind)
+        kinds = ("push", "manual")
+    return tuple(dataclasses.replace(event, kind=kind) for kind in kinds)
+
+
+def _reason(answer: Route | Ignored) -> str:
+    return answer.reason if isinstance(answer, Ignored) else ""

@@ -30,7 +30,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bridge import events, jsonfast, operator_page, routing, verify
-from bridge.admission import delivery_key, intake
+from bridge.admission import RerunRefused, delivery_key, intake
 from bridge.config import Config
 from bridge.core.approval import (
     ApprovalCommand,
@@ -381,6 +381,19 @@ def create_app(
         outcome = intake(
             config, result, original_build=original_build, approved_sha=services.approved_sha, scopes=scopes
         )
+        if isinstance(outcome, RerunRefused) and outcome.event is not None:
+            # Persisted like a build, so the worker answers on the check that was re-run (a write to
+            # GitHub has no place in the ack); it decides again and builds only if admitted by then.
+            refused = outcome.event
+            ctx.route = outcome.route_name
+            ctx.fields.update(repository=refused.repository, sha=refused.sha)
+            key = delivery_key(refused.provider, delivery_id)
+            if services.store.add_delivery(key, refused.provider, event_name, outcome.route_name, refused):
+                services.delivery_queue.enqueue(key)
+                worker.wake()
+            else:
+                services.delivery_queue.nudge(key)
+            return answer(ctx, 200, {"ignored": outcome.reason}, "ignored")
         if isinstance(outcome, Ignored):
             where = result if isinstance(result, SourceEvent) else None
             return ignore(

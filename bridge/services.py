@@ -151,6 +151,14 @@ class Services:
     def reporter_for(self, event: SourceEvent, route_name: str) -> StatusReporter | None:
         return self.reporters(event, self.route(route_name))
 
+    def reporter_named(self, event: SourceEvent, route_name: str) -> StatusReporter | None:
+        """The reporter of a route that may have left the config since it built (a refused re-run
+        answers on its check all the same): the check's name comes from the route's name alone."""
+        route = next((route for route in self.config.routes if route.name == route_name), None)
+        if route is None:
+            route = Route(route_name, event.provider, repositories=(event.repository,), project="")
+        return self.reporters(event, route)
+
 
 # -- reporters ------------------------------------------------------------------------------------
 

@@ -684,6 +684,34 @@ def not_started_status(message: str, hint: str = "") -> BuildStatus:
     )
 
 
+def rerun_refused_status(route_name: str, reason: str) -> BuildStatus:
+    """What a check shows when its *Re-run* builds nothing: final, naming the route and why.
+
+    Concluded `failure`, not `neutral`: GitHub counts a neutral run as passing a required check, and
+    a re-run that built nothing must not turn a check green (a fork's failed build whose route no
+    longer builds forks, say). The commit status fallback shows it as `error`.
+    """
+    fix = (
+        f"A re-run builds on the route the original build ran on, routes[{route_name}], and only while "
+        "that route exists, lists `rerun` in its `events` and still builds this commit (its repositories, "
+        "branches or tags, and its fork policy).\n\n"
+        f"**To fix:** restore routes[{route_name}] (or its filters) if this commit should build there, "
+        "then *Re-run* again; or push a new commit, which is routed afresh."
+    )
+    return BuildStatus(
+        build_id="",
+        build_number=None,
+        build_status="FAULT",
+        state="completed",
+        conclusion="failure",
+        title=shorten(f"Re-run not built: {reason}", TITLE_MAX),
+        summary=f"### Re-run not built\n\n{reason}\n\n{fix}\n"[:65535],
+        phases=(),
+        current_phase=None,
+        console_url="",
+    )
+
+
 def lost_status(build_id: str, reason: str, *, region: str) -> BuildStatus:
     """A build the bridge started and can no longer read: a final failure that says why, so a
     required check does not wait forever on a build nobody can see."""

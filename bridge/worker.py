@@ -43,6 +43,7 @@ from typing import Any, Final
 
 import botocore.exceptions
 
+from bridge.admission import RerunRefused, admit_rerun
 from bridge.builders.base import Builder
 from bridge.core.activity import status_record
 from bridge.core.approval import DEFAULT_COMMAND, awaiting_status, built_by_approval
@@ -54,7 +55,7 @@ from bridge.plan import plan_build
 from bridge.poll import Backoff
 from bridge.queue import Job
 from bridge.services import Services, StatusReporter
-from bridge.status import build_status, lost_status, not_started_status, waiting_status
+from bridge.status import build_status, lost_status, not_started_status, rerun_refused_status, waiting_status
 from bridge.store import PendingDelivery, TrackedBuild
 
 log = logging.getLogger("bridge.worker")
@@ -413,6 +414,12 @@ class Worker:
             "sha": event.sha,
         }
         try:
+            if event.kind == "rerun":
+                # A re-run stays on its route, by name; refused at the ack (or since), its check says why.
+                rerun = admit_rerun(services.config, route_name, event, approved_sha=services.approved_sha)
+                if isinstance(rerun, RerunRefused):
+                    self._refuse_rerun(job, event, route_name, rerun.reason)
+                    return None
             route = services.route(route_name)
             # Decided again now: the route (or an approval) may have changed since the delivery was acked.
             approved = services.approved_sha(event) if event.is_fork else None
@@ -538,6 +545,38 @@ class Worker:
                 "route": route_name,
                 "repository": event.repository,
                 "sha": event.sha,
+            },
+        )
+
+    def _refuse_rerun(self, job: Job, event: SourceEvent, route_name: str, reason: str) -> None:
+        """A re-run that builds nothing: a completed check run (or status) naming the route and why,
+        where the maintainer asked. Posted once; a failure to post is logged and not retried."""
+        services = self._services
+        delivery_id = job.pending.delivery_id
+        try:
+            reporter = services.reporter_named(event, route_name)
+            if reporter is not None:
+                reporter.start(rerun_refused_status(route_name, reason))
+        except Exception as exc:
+            log.warning(
+                "could not post why a re-run built nothing",
+                extra={
+                    "delivery": delivery_id,
+                    "route": route_name,
+                    "sha": event.sha,
+                    "error": _describe(exc),
+                },
+            )
+        services.store.mark_ignored(delivery_id, reason)
+        self._queue.done(job)
+        log.info(
+            "re-run not built",
+            extra={
+                "delivery": delivery_id,
+                "route": route_name,
+                "repository": event.repository,
+                "sha": event.sha,
+                "reason": reason,
             },
         )
 

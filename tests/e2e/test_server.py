@@ -8,6 +8,7 @@ whole process group: gunicorn's arbiter and worker) at teardown.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -180,28 +181,19 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture
-def server(
-    tmp_path: Path,
-    aws_env: dict[str, str],
-    codebuild_double: CodeBuildDouble,
-    github_api: FakeGitHub,
-    gitlab_api: FakeGitLab,
+@contextlib.contextmanager
+def serve(
+    tmp_path: Path, aws_env: Mapping[str, str], github_api: FakeGitHub, gitlab_api: FakeGitLab, text: str
 ) -> Iterator[Server]:
+    """`bridge serve` on the routing file `text` (from config_text(refs="secretsmanager")): its
+    secrets in Secrets Manager (moto), the old webhook secret and the GitLab token in its environment;
+    killed by PID however the test ends."""
     secrets = boto3.client("secretsmanager", region_name=REGION)
     secrets.create_secret(Name="bridge/github-webhook", SecretString=GITHUB_SECRET)
     secrets.create_secret(Name="bridge/github-app-key", SecretString=github_api.app_keys.private_key_pem)
     secrets.create_secret(Name="bridge/gitlab-token", SecretString=gitlab_api.token)
     config_path = tmp_path / "bridge.toml"
-    config_path.write_text(
-        config_text(
-            github_url=github_api.url,
-            gitlab_url=gitlab_api.url,
-            state_path="state.sqlite3",
-            refs="secretsmanager",
-            max_body_bytes=MAX_BODY,
-        )
-    )
+    config_path.write_text(text)
     env = {
         **os.environ,
         **aws_env,
@@ -215,6 +207,25 @@ def server(
         yield running
     finally:
         running.stop_hard()
+
+
+@pytest.fixture
+def server(
+    tmp_path: Path,
+    aws_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+) -> Iterator[Server]:
+    text = config_text(
+        github_url=github_api.url,
+        gitlab_url=gitlab_api.url,
+        state_path="state.sqlite3",
+        refs="secretsmanager",
+        max_body_bytes=MAX_BODY,
+    )
+    with serve(tmp_path, aws_env, github_api, gitlab_api, text) as running:
+        yield running
 
 
 # -- what the deliveries should do ------------------------------------------------------------------------
