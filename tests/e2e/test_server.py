@@ -80,6 +80,7 @@ class Server:
     port: int
     process: subprocess.Popen[bytes] | None = None
     threads: int = 4
+    ready_path: str = "/readyz"  # /healthz for a server whose /readyz is meant to fail
 
     @property
     def url(self) -> str:
@@ -114,7 +115,7 @@ class Server:
                 f"the server exited with {self.process.returncode}:\n{self.log_path.read_text()}"
             )
         try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+            with urllib.request.urlopen(f"{self.url}{self.ready_path}", timeout=2) as response:
                 return bool(response.status == 200)
         except OSError:
             return False
@@ -183,11 +184,18 @@ def alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def serve(
-    tmp_path: Path, aws_env: Mapping[str, str], github_api: FakeGitHub, gitlab_api: FakeGitLab, text: str
+    tmp_path: Path,
+    aws_env: Mapping[str, str],
+    github_api: FakeGitHub,
+    gitlab_api: FakeGitLab,
+    text: str,
+    *,
+    extra_env: Mapping[str, str] = {},
+    ready_path: str = "/readyz",
 ) -> Iterator[Server]:
     """`bridge serve` on the routing file `text` (from config_text(refs="secretsmanager")): its
-    secrets in Secrets Manager (moto), the old webhook secret and the GitLab token in its environment;
-    killed by PID however the test ends."""
+    secrets in Secrets Manager (moto), the old webhook secret and the GitLab token (and `extra_env`)
+    in its environment; killed by PID however the test ends."""
     secrets = boto3.client("secretsmanager", region_name=REGION)
     secrets.create_secret(Name="bridge/github-webhook", SecretString=GITHUB_SECRET)
     secrets.create_secret(Name="bridge/github-app-key", SecretString=github_api.app_keys.private_key_pem)
@@ -200,8 +208,9 @@ def serve(
         "GITHUB_OLD_WEBHOOK_SECRET": GITHUB_OLD_SECRET,
         "GITLAB_WEBHOOK_TOKEN": GITLAB_WEBHOOK_TOKEN,
         "PYTHONUNBUFFERED": "1",
+        **extra_env,
     }
-    running = Server(config_path, tmp_path / "server.log", env, free_port())
+    running = Server(config_path, tmp_path / "server.log", env, free_port(), ready_path=ready_path)
     running.start()
     try:
         yield running

@@ -1,6 +1,7 @@
-"""Issue 19's attacks, sent as an attacker would: signed (or tokened) deliveries to the real app and
-worker (tests/reliability/rig.py), builds counted by the CodeBuild double. Each starts no build, or a
-build with nothing trusted in it. Every case failed before bridge.core.trust and routing.unbound.
+"""Issue 19's attacks, sent as an attacker would: signed (or tokened) deliveries over HTTP to a real
+`bridge serve` process (tests/reliability/served.py), builds counted by the CodeBuild double. Each
+starts no build, or a build with nothing trusted in it. Every case failed before bridge.core.trust and
+routing.unbound.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-import boto3
+import pytest
 
 from tests.e2e.support import (
-    REGION,
     Delivery,
     github_delivery,
     github_payload,
     gitlab_delivery,
     gitlab_payload,
 )
-from tests.reliability.rig import RigFactory
+from tests.reliability.served import ServedFactory
 from tests.signing import new_standard_webhook_secret, standard_webhook_headers
+
+pytestmark = pytest.mark.e2e
 
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web"
 SECRET_ENV = 'env = { NPM_TOKEN = "secretsmanager:ci/npm#token", MODE = "ci" }'
@@ -36,45 +38,47 @@ def _env(params: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def test_a_gitlab_push_naming_a_routed_project_but_cloning_another_builds_nothing(
-    rig_factory: RigFactory,
+    served_factory: ServedFactory,
 ) -> None:
-    rig = rig_factory()
+    rig = served_factory()
     payload = gitlab_payload("push")  # mike/diaspora, routed by routes[diaspora]
     payload["project"]["git_http_url"] = "http://example.com/mallory/other.git"
     payload["repository"]["git_http_url"] = "http://example.com/mallory/other.git"
 
-    response = rig.send(gitlab_delivery(payload))
+    status, body = rig.send(gitlab_delivery(payload))
 
-    assert response.status_code == 200  # a valid token: never a 4xx, or GitLab disables the hook
-    assert "a delivery builds only the repository it names" in response.get_json()["ignored"]
+    assert status == 200  # a valid token: never a 4xx, or GitLab disables the hook
+    assert "a delivery builds only the repository it names" in body["ignored"]
     assert rig.builds_started() == 0
 
 
 def test_a_github_push_naming_a_routed_repository_but_cloning_another_builds_nothing(
-    rig_factory: RigFactory,
+    served_factory: ServedFactory,
 ) -> None:
-    rig = rig_factory()
+    rig = served_factory()
     payload = github_payload("push", None, 4)  # Codertocat/Hello-World, routes[hello]
     payload["repository"]["clone_url"] = "https://github.com/mallory/other.git"
 
-    response = rig.send(github_delivery("push", payload))
+    status, _ = rig.send(github_delivery("push", payload))
 
-    assert response.status_code == 200
+    assert status == 200
     assert rig.builds_started() == 0
 
 
-def test_a_same_project_merge_request_from_another_project_builds_nothing(rig_factory: RigFactory) -> None:
+def test_a_same_project_merge_request_from_another_project_builds_nothing(
+    served_factory: ServedFactory,
+) -> None:
     """Not marked as a fork (same project ids), but its source is another project's path and URL."""
-    rig = rig_factory()
+    rig = served_factory()
     payload = gitlab_payload("merge_request_open")
     source = payload["object_attributes"]["source"]
     source["path_with_namespace"] = "mallory/other"
     source["git_http_url"] = "http://example.com/mallory/other.git"
 
-    response = rig.send(gitlab_delivery(payload))
+    status, body = rig.send(gitlab_delivery(payload))
 
-    assert response.status_code == 200
-    assert "not marked as a fork" in response.get_json()["ignored"]
+    assert status == 200
+    assert "not marked as a fork" in body["ignored"]
     assert rig.builds_started() == 0
 
 
@@ -86,29 +90,35 @@ def _scoped_gitlab(text: str) -> str:
     )
 
 
-def test_a_token_scoped_to_other_projects_builds_nothing_and_is_answered_200(rig_factory: RigFactory) -> None:
-    rig = rig_factory(edit=_scoped_gitlab)
+def test_a_token_scoped_to_other_projects_builds_nothing_and_is_answered_200(
+    served_factory: ServedFactory,
+) -> None:
+    rig = served_factory(edit=_scoped_gitlab)
 
-    response = rig.send(gitlab_delivery(gitlab_payload("push")))  # mike/diaspora: out of the token's scope
+    status, body = rig.send(
+        gitlab_delivery(gitlab_payload("push"))
+    )  # mike/diaspora: out of the token's scope
 
-    assert response.status_code == 200
-    assert "scoped to other repositories" in response.get_json()["ignored"]
+    assert status == 200
+    assert "scoped to other repositories" in body["ignored"]
     assert rig.builds_started() == 0
 
 
-def test_a_token_scoped_to_the_project_still_builds_it(rig_factory: RigFactory) -> None:
-    rig = rig_factory(edit=lambda text: _scoped_gitlab(text).replace('["lowtrust/*"]', '["mike/*"]'))
+def test_a_token_scoped_to_the_project_still_builds_it(served_factory: ServedFactory) -> None:
+    rig = served_factory(edit=lambda text: _scoped_gitlab(text).replace('["lowtrust/*"]', '["mike/*"]'))
 
-    assert rig.send(gitlab_delivery(gitlab_payload("push"))).status_code == 202
+    assert rig.send(gitlab_delivery(gitlab_payload("push")))[0] == 202
     assert rig.builds_started() == 1
 
 
 # -- item 2: a fork never pushes to the trusted image repository --------------------------------------------
 
 
-def test_a_fork_branch_named_like_the_base_cannot_overwrite_the_trusted_tag(rig_factory: RigFactory) -> None:
+def test_a_fork_branch_named_like_the_base_cannot_overwrite_the_trusted_tag(
+    served_factory: ServedFactory,
+) -> None:
     route = f'forks = "without-secrets"\nimage_repository = "{IMAGE}"\nimage_tag = "{{branch}}"\n{SECRET_ENV}'
-    rig = rig_factory(github_route_extra=route)
+    rig = served_factory(github_route_extra=route)
     payload = github_payload("pull_request", "opened", 1)
     head = payload["pull_request"]["head"]
     head["ref"] = payload["pull_request"]["base"]["ref"]  # the fork's branch is called master too
@@ -116,9 +126,9 @@ def test_a_fork_branch_named_like_the_base_cannot_overwrite_the_trusted_tag(rig_
         full_name="mallory/Hello-World", clone_url="https://github.com/mallory/Hello-World.git", fork=True
     )
 
-    assert rig.send(github_delivery("pull_request", payload)).status_code == 202
+    assert rig.send(github_delivery("pull_request", payload))[0] == 202
 
-    (params,) = rig.start_build_params()
+    (params,) = rig.start_build_params(1)
     env = _env(params)
     assert "IMAGE_URI" not in env
     assert env["BRIDGE_PUSH"] == ("false", "PLAINTEXT")
@@ -138,48 +148,48 @@ def _gitlab_clone_forks(text: str) -> str:
     )
 
 
-def test_a_fork_merge_request_gets_no_clone_token(rig_factory: RigFactory) -> None:
-    rig = rig_factory(edit=_gitlab_clone_forks)
+def test_a_fork_merge_request_gets_no_clone_token(served_factory: ServedFactory) -> None:
+    rig = served_factory(edit=_gitlab_clone_forks)
 
-    assert rig.send(gitlab_delivery(gitlab_payload("merge_request_fork_open"))).status_code == 202
+    assert rig.send(gitlab_delivery(gitlab_payload("merge_request_fork_open")))[0] == 202
 
-    (params,) = rig.start_build_params()
+    (params,) = rig.start_build_params(1)
     env = _env(params)
     assert "BRIDGE_CLONE_TOKEN" not in env
     assert env["BRIDGE_CLONE_URL"] == ("http://example.com/contributor/awesome_project.git", "PLAINTEXT")
     assert "IMAGE_URI" not in env
 
 
-def test_a_private_fork_merge_request_says_why_it_cannot_build(rig_factory: RigFactory) -> None:
-    rig = rig_factory(edit=_gitlab_clone_forks)
+def test_a_private_fork_merge_request_says_why_it_cannot_build(served_factory: ServedFactory) -> None:
+    rig = served_factory(edit=_gitlab_clone_forks)
     payload = gitlab_payload("merge_request_fork_open")
     payload["object_attributes"]["source"]["visibility_level"] = 0
 
-    response = rig.send(gitlab_delivery(payload))
+    status, body = rig.send(gitlab_delivery(payload))
 
-    assert response.status_code == 200
-    assert "private repository" in response.get_json()["ignored"]
+    assert status == 200
+    assert "private repository" in body["ignored"]
     assert rig.builds_started() == 0
 
 
 # -- item 6: replays ------------------------------------------------------------------------------------
 
 
-def test_a_gitlab_delivery_cannot_make_a_github_delivery_a_duplicate(rig_factory: RigFactory) -> None:
-    rig = rig_factory()
+def test_a_gitlab_delivery_cannot_make_a_github_delivery_a_duplicate(served_factory: ServedFactory) -> None:
+    rig = served_factory()
     shared = str(uuid.uuid4())
 
-    assert rig.send(gitlab_delivery(gitlab_payload("push"), idempotency_key=shared)).status_code == 202
+    assert rig.send(gitlab_delivery(gitlab_payload("push"), idempotency_key=shared))[0] == 202
     github = rig.send(github_delivery("push", github_payload("push", None, 4), delivery_id=shared))
 
-    assert github.status_code == 202, github.get_json()
+    assert github[0] == 202, github[1]
     assert rig.builds_started() == 2
 
 
-def test_an_unsigned_idempotency_key_cannot_suppress_a_signed_delivery(rig_factory: RigFactory) -> None:
+def test_an_unsigned_idempotency_key_cannot_suppress_a_signed_delivery(served_factory: ServedFactory) -> None:
     """The attacker replays a captured signed body with the Idempotency-Key of the next delivery."""
     signing = new_standard_webhook_secret()
-    rig = rig_factory(signing_secret=signing)
+    rig = served_factory(signing_secret=signing)
     first = gitlab_payload("push")
     second = gitlab_payload("push")
     second["after"] = second["checkout_sha"] = "f" * 40
@@ -190,8 +200,8 @@ def test_an_unsigned_idempotency_key_cannot_suppress_a_signed_delivery(rig_facto
         stamp = standard_webhook_headers(delivery.body, signing, f"msg_{uuid.uuid4().hex}", int(time.time()))
         return replace(delivery, headers={**delivery.headers, **stamp})
 
-    assert rig.send(signed(first)).status_code == 202
-    assert rig.send(signed(second)).status_code == 202
+    assert rig.send(signed(first))[0] == 202
+    assert rig.send(signed(second))[0] == 202
     assert rig.builds_started() == 2
 
 
@@ -202,20 +212,20 @@ MISSING = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/hooks-AbCdE
 
 
 def test_an_unauthenticated_caller_learns_no_secret_name_from_a_503_or_readyz(
-    rig_factory: RigFactory,
+    served_factory: ServedFactory,
 ) -> None:
     """A webhook secret's ARN that Secrets Manager (moto) does not hold: deliveries get 503 until it does."""
-    rig = rig_factory(
+    rig = served_factory(
         edit=lambda text: text.replace('"env:GITHUB_OLD_WEBHOOK_SECRET"', f'"secretsmanager:{MISSING}"'),
-        secretsmanager=lambda: boto3.client("secretsmanager", region_name=REGION),
+        ready_path="/healthz",  # its /readyz fails until the secret exists
     )
     forged = github_delivery("push", github_payload("push", None, 4), secret="not-the-secret")
 
-    response = rig.send(forged)
-    ready = rig.client.get("/readyz")
+    status, answer = rig.send(forged)
+    ready, ready_body = rig.get("/readyz")
 
-    assert response.status_code == 503
-    assert ready.status_code == 503
-    for body in (response.get_data(as_text=True), ready.get_data(as_text=True)):
+    assert status == 503
+    assert ready == 503
+    for body in (json.dumps(answer), ready_body):
         for leak in ("prod/hooks", "123456789012", "github_key", "arn:aws", "GITHUB_OLD_WEBHOOK_SECRET"):
             assert leak not in body
