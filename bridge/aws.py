@@ -121,6 +121,7 @@ def client(
     region: str | None = ...,
     session: boto3.session.Session | None = ...,
     max_attempts: int = ...,
+    timeout: float | None = ...,
 ) -> SQSClient: ...
 @overload
 def client(

@@ -38,6 +38,13 @@ log = logging.getLogger("bridge.queue")
 
 MAX_VISIBILITY_SECONDS: Final = 43_200  # SQS's ceiling (12 hours)
 MAX_WAIT_SECONDS: Final = 20  # SQS's long-poll ceiling
+SEND_ATTEMPTS: Final = 2
+SEND_TIMEOUT_SECONDS: Final = 2.0  # connect and read, each attempt: well inside a sender's 10 s
+RECEIVE_MARGIN: Final = 5.0  # a receive's read deadline beyond its long poll
+SEND_HINT: Final = (
+    "the delivery is stored: a worker starts it even so, within about two visibility timeouts;"
+    " check queue.url, the network path to SQS and the task role's sqs permissions"
+)
 _MESSAGE_VERSION: Final = 1
 
 
@@ -131,20 +138,32 @@ class SqsQueue:
         max_wait_seconds: int = 10,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`visibility_timeout` is also the store lease on a received delivery: one clock for both."""
+        """`visibility_timeout` is also the store lease on a received delivery: one clock for both.
+
+        `client`: one client for every call (tests); by default sending, which a webhook sender
+        waits on, gets a client of its own with two short attempts (a 503 inside GitHub's 10 s
+        rather than botocore's eight attempts of up to 60 s each), and receiving one whose read
+        deadline outlasts its long poll.
+        """
+        self._max_wait = max(0, min(max_wait_seconds, MAX_WAIT_SECONDS))
         if client is None:
             from bridge import aws
 
-            client = aws.client("sqs", region=region)
+            client = aws.client("sqs", region=region, max_attempts=3, timeout=self._max_wait + RECEIVE_MARGIN)
+            self._send_client = aws.client(
+                "sqs", region=region, max_attempts=SEND_ATTEMPTS, timeout=SEND_TIMEOUT_SECONDS
+            )
+        else:
+            self._send_client = client
         self._client = client
         self._url = url
         self._store = store
         self._visibility = max(1, min(visibility_timeout, MAX_VISIBILITY_SECONDS))
-        self._max_wait = max(0, min(max_wait_seconds, MAX_WAIT_SECONDS))
         self._fifo = url.endswith(".fifo")
         self._clock = clock
+        self._next_sweep = 0.0  # the first take looks for overdue deliveries (e.g. after a restart)
 
-    def _call(self, action: str, call: Callable[[], object]) -> None:
+    def _call(self, action: str, call: Callable[[], object], *, hint: str | None = None) -> None:
         try:
             call()
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
@@ -153,7 +172,7 @@ class SqsQueue:
                 if isinstance(exc, botocore.exceptions.ClientError)
                 else type(exc).__name__
             )
-            raise QueueError(f"delivery queue: {action} failed: {code}") from None
+            raise QueueError(f"delivery queue: {action} failed: {code}", hint=hint) from None
 
     def enqueue(self, delivery_id: str) -> None:
         body = message_body(delivery_id)
@@ -162,15 +181,18 @@ class SqsQueue:
             digest = hashlib.sha256(delivery_id.encode()).hexdigest()
             self._call(
                 "sending",
-                lambda: self._client.send_message(
+                lambda: self._send_client.send_message(
                     QueueUrl=self._url,
                     MessageBody=body,
                     MessageGroupId=digest[:64],
                     MessageDeduplicationId=digest[:128],
                 ),
+                hint=SEND_HINT,
             )
         else:
-            self._call("sending", lambda: self._client.send_message(QueueUrl=self._url, MessageBody=body))
+            self._call(
+                "sending", lambda: self._send_client.send_message(QueueUrl=self._url, MessageBody=body)
+            )
 
     def nudge(self, delivery_id: str) -> None:
         """The original may have been stored by a replica that died before it could send the message."""
@@ -187,6 +209,9 @@ class SqsQueue:
         must never hold more deliveries than it is working on (a batch of ten behind slow status
         posts would outlive its leases and be started twice); idle replicas take the rest.
         """
+        overdue = self._sweep()
+        if overdue:
+            return overdue
         wait = max(0, min(self._max_wait, math.floor(wait_seconds)))
         try:
             response = self._client.receive_message(
@@ -215,6 +240,37 @@ class SqsQueue:
             else:
                 self._hide(receipt, row.next_attempt_at - self._clock())
         return jobs
+
+    def _sweep(self) -> list[Job]:
+        """A delivery stored without a message (its enqueue failed, the sender was told 503) is
+        still built: once per visibility timeout, a delivery overdue by one is claimed from the
+        store directly, and sent a message again so its retries, if any, go through the queue.
+        Store and queue errors here are logged and left to the next sweep: receiving goes on.
+        """
+        now = self._clock()
+        if now < self._next_sweep:
+            return []
+        try:
+            found = self._store.claim_overdue(
+                1, lease_seconds=self._visibility, overdue_seconds=self._visibility
+            )
+        except BridgeError as exc:
+            log.warning("looking for deliveries without a queue message failed", extra={"error": exc.message})
+            found = []
+        if not found:
+            self._next_sweep = now + self._visibility  # while it finds some, it looks again next time
+            return []
+        pending = found[0]
+        log.warning(
+            "a delivery had no queue message; started from the store", extra={"delivery": pending.delivery_id}
+        )
+        try:
+            self.enqueue(pending.delivery_id)
+        except QueueError as exc:
+            log.warning(
+                "could not send the delivery a message; a later sweep finds it", extra={"error": exc.message}
+            )
+        return [Job(pending)]
 
     def done(self, job: Job) -> None:
         if job.receipt is not None:

@@ -272,6 +272,13 @@ class StateStore(Protocol):
 
     def claim_pending(self, limit: int = 10, *, lease_seconds: float = 60) -> list[PendingDelivery]: ...
 
+    def claim_overdue(
+        self, limit: int, *, lease_seconds: float, overdue_seconds: float
+    ) -> list[PendingDelivery]:
+        """Like `claim_pending`, for deliveries due at least `overdue_seconds` ago: the ones a queue
+        message should have brought to a worker by now (its enqueue failed after the row was stored)."""
+        ...
+
     def claim_delivery(self, delivery_id: str, *, lease_seconds: float = 60) -> PendingDelivery | None:
         """This one delivery, leased, if it is pending and due; None when it is done or leased elsewhere."""
         ...
@@ -658,6 +665,14 @@ class SqliteStore:
 
     def claim_pending(self, limit: int = 10, *, lease_seconds: float = 60) -> list[PendingDelivery]:
         """Due pending deliveries, each leased for `lease_seconds` so no other worker takes it meanwhile."""
+        return self._claim(limit, lease_seconds, overdue_seconds=0.0)
+
+    def claim_overdue(
+        self, limit: int, *, lease_seconds: float, overdue_seconds: float
+    ) -> list[PendingDelivery]:
+        return self._claim(limit, lease_seconds, overdue_seconds=overdue_seconds)
+
+    def _claim(self, limit: int, lease_seconds: float, *, overdue_seconds: float) -> list[PendingDelivery]:
         now = self._clock()
         with self._guard("claiming deliveries"), self._transaction() as conn:
             rows = conn.execute(
@@ -665,7 +680,7 @@ class SqliteStore:
                 " last_error, reporter_ref"
                 " FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at, received_at LIMIT ?",
-                (now, limit),
+                (now - overdue_seconds, limit),
             ).fetchall()
             conn.executemany(
                 "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ? WHERE delivery_id = ?",

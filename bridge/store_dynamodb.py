@@ -57,6 +57,7 @@ COMMIT_INDEX: Final = "commit"
 RECENT_INDEX: Final = "recent"
 DEFAULT_RETENTION_SECONDS: Final = 30 * 86_400
 COUNTS_CACHE_SECONDS: Final = 30.0
+OVERDUE_DAYS: Final = 2  # today and yesterday (UTC): a delivery stored just before midnight is found after it
 _ACTIVE: Final = "1"
 
 # The table as CreateTable takes it; deploy/bridge.yaml declares the same (tests/test_store_dynamodb.py).
@@ -337,6 +338,45 @@ class DynamoStore:
                 ConsistentRead=True,
             )
             ids = [_str(item, "delivery_id") for page in pages for item in page.get("Items", [])]
+        for delivery_id in ids:
+            if len(claimed) >= limit:
+                break
+            if delivery_id and (pending := self.claim_delivery(delivery_id, lease_seconds=lease_seconds)):
+                claimed.append(pending)
+        return claimed
+
+    def claim_overdue(
+        self, limit: int, *, lease_seconds: float, overdue_seconds: float
+    ) -> list[PendingDelivery]:
+        """Pending deliveries of the last `OVERDUE_DAYS` UTC days due `overdue_seconds` ago or more.
+
+        Read from the "recent" index, not a scan: a delivery is left without a queue message only
+        at intake (an enqueue that failed after the row was stored), and a worker that takes it
+        sends it a message again, so only recent rows need looking for. Like every filter, this one
+        costs the days' deliveries in read units; the queue calls it once per visibility timeout.
+        """
+        now = self._clock()
+        ids: list[str] = []
+        with self._guard("listing overdue deliveries"):
+            for back in range(OVERDUE_DAYS):
+                pages = self._client.get_paginator("query").paginate(
+                    TableName=self._table,
+                    IndexName=RECENT_INDEX,
+                    KeyConditionExpression="#day = :day",
+                    FilterExpression="#state = :pending AND next_attempt_at <= :due",
+                    ProjectionExpression="delivery_id",
+                    ExpressionAttributeNames={"#day": "day", "#state": "state"},
+                    ExpressionAttributeValues={
+                        ":day": _s(_day(now - back * 86_400)),
+                        ":pending": _s("pending"),
+                        ":due": _n(now - overdue_seconds),
+                    },
+                    ScanIndexForward=True,
+                )
+                ids.extend(
+                    _str(item, "delivery_id") or "" for page in pages for item in page.get("Items", [])
+                )
+        claimed: list[PendingDelivery] = []
         for delivery_id in ids:
             if len(claimed) >= limit:
                 break

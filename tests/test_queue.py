@@ -232,6 +232,25 @@ def test_nudge_re_sends_only_a_delivery_still_pending(
     assert depth(moto_url, queues["url"]) == 1
 
 
+def test_a_delivery_stored_without_a_message_is_claimed_from_the_store_once_overdue(
+    moto_url: str, queues: dict[str, str], dynamodb_url: str
+) -> None:
+    """Its enqueue failed after the row was stored (the sender got a 503): no message will ever come."""
+    now = [1_000_000.0]
+    table = f"bridge-{uuid.uuid4().hex[:8]}"
+    create_table(dynamodb_client(dynamodb_url), table)
+    store = DynamoStore(table, client=dynamodb_client(dynamodb_url), clock=lambda: now[0])
+    queue = SqsQueue(
+        queues["url"], store, client=sqs_client(moto_url), visibility_timeout=30, clock=lambda: now[0]
+    )
+    accept(store, "stranded")
+    assert take_one(queue) == []  # not overdue yet: a message may still be on its way
+    now[0] += 31
+    (job,) = take_one(queue)
+    assert (job.pending.delivery_id, job.receipt) == ("stranded", None)
+    assert depth(moto_url, queues["url"]) == 1  # sent a message again, for its retries if any
+
+
 def test_a_fifo_queue_drops_an_immediate_resend(moto_url: str, shared: DynamoStore) -> None:
     sqs = sqs_client(moto_url)
     url = sqs.create_queue(QueueName="deliveries.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from typing import Any
 import boto3
 import pytest
 
+from bridge.store_dynamodb import create_table
 from tests.e2e.support import (
     GITHUB_SECRET,
     REGION,
@@ -40,6 +42,7 @@ pytestmark = pytest.mark.e2e
 
 SENDER_TIMEOUT = 10.0  # GitHub gives up on a delivery after 10 s and does not retry
 CLIENT_TIMEOUT = 30.0  # this test's own bound, so a slow answer is measured rather than cut off
+SWEEP_TIMEOUT = 90.0  # an upper bound: the worker's receives from a queue that hangs time out first
 
 Serve = Callable[..., Server]
 
@@ -63,8 +66,10 @@ def serve(
         refs: str = "env",
         region: bool = True,
         env_changes: dict[str, str | None] | None = None,
+        extra: str = "",
     ) -> Server:
-        """`region` False: no [aws] region in the file; `env_changes`: variables set, or unset (None)."""
+        """`region` False: no [aws] region in the file; `env_changes`: variables set, or unset (None);
+        `extra`: sections added at the end of the file."""
         text = config_text(
             github_url=github_api.url,
             gitlab_url=gitlab_api.url,
@@ -76,6 +81,7 @@ def serve(
             text = text.replace("[server]\n", f"[server]\n{server_extra}\n", 1)
         if not region:
             text = text.replace(f'[aws]\nregion = "{REGION}"\n', "", 1)
+        text += extra
         config_path = tmp_path / "bridge.toml"
         config_path.write_text(text)
         env: dict[str, str] = {
@@ -154,6 +160,76 @@ def test_a_locked_state_file_is_503_with_a_reason_inside_the_senders_timeout(ser
         assert seconds < SENDER_TIMEOUT, (seconds, answer)
     assert health[0] == 200
     assert accepted[:2] == (202, {"delivery": "locked-0", "route": "hello"})  # the sender's retry
+
+
+class Silent:
+    """A TCP server that accepts every connection and never answers: an AWS endpoint that hangs."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.accepted.append(self._listener.accept()[0])
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[Silent]:
+    hanging = Silent()
+    try:
+        yield hanging
+    finally:
+        hanging.close()
+
+
+def test_a_hung_delivery_queue_is_503_inside_the_senders_timeout_and_the_delivery_still_builds(
+    serve: Serve, silent: Silent, codebuild_double: CodeBuildDouble
+) -> None:
+    """Several replicas: DynamoDB stores the delivery, then SQS never answers the enqueue."""
+    table = "bridge-hung-queue"
+    create_table(boto3.client("dynamodb", region_name=REGION), table)
+    server = serve(
+        extra=f"""
+[store]
+backend = "dynamodb"
+table = "{table}"
+
+[queue]
+url = "{silent.url}/123456789012/deliveries"
+visibility_timeout_seconds = 2
+wait_seconds = 1
+""",
+        env_changes={"AWS_ENDPOINT_URL_SQS": silent.url},
+    )
+    status, answer, seconds = post(server, *signed_push("queue-hangs"))
+    wait_for(
+        lambda: bool(codebuild_double.calls("StartBuild")),
+        SWEEP_TIMEOUT,
+        "the stored delivery's build",
+        server.log_path,
+    )
+    builds = [
+        {item["name"]: item["value"] for item in call.params["environmentVariablesOverride"]}.get(
+            "BRIDGE_DELIVERY_ID"
+        )
+        for call in codebuild_double.calls("StartBuild")
+    ]
+
+    assert status == 503, answer
+    assert "delivery queue" in answer["error"], answer
+    assert seconds < SENDER_TIMEOUT, (seconds, answer)
+    assert silent.accepted  # the enqueue did reach the endpoint that hangs
+    assert builds == ["github:queue-hangs"]  # stored before the enqueue: a worker still found it
 
 
 # -- slow and half-sent clients ----------------------------------------------------------------------
