@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -508,6 +509,50 @@ def test_without_aws_credentials_one_error_line_names_the_step_to_add(
     assert len(errors) == 1
     assert "configure-aws-credentials" in errors[0]
     assert codebuild_double.calls("StartBuild") == []
+
+
+NO_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+NO_REGION = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+@pytest.mark.parametrize(
+    ("unset", "start_build_error", "fix"),
+    [
+        (NO_CREDENTIALS, None, "configure-aws-credentials"),
+        (NO_REGION, None, "AWS_REGION"),
+        ((), "AccessDeniedException", "codebuild:StartBuild"),
+        ((), "ResourceNotFoundException", "exists in this account and region"),
+    ],
+    ids=["no-credentials", "no-region", "access-denied", "unknown-project"],
+)
+def test_an_error_that_cannot_heal_is_one_error_with_the_fix_at_once_and_no_check_left_open(
+    tmp_path: Path,
+    push_env: dict[str, str],
+    codebuild_double: CodeBuildDouble,
+    github_api: FakeGitHub,
+    unset: tuple[str, ...],
+    start_build_error: str | None,
+    fix: str,
+) -> None:
+    """Retrying would only delay the same answer (the old Action retried missing credentials for
+    about four minutes): one `::error` with the fix, no traceback, every check run it made completed."""
+    if start_build_error is not None:
+        codebuild_double.fail("StartBuild", start_build_error, count=10)
+    env = {name: value for name, value in push_env.items() if name not in unset}
+    began = time.monotonic()
+    run = run_action(env, tmp_path)
+    seconds = time.monotonic() - began
+
+    errors = [line for line in run.stdout.splitlines() if line.startswith("::error")]
+    assert run.returncode != 0
+    assert len(errors) == 1, run.stdout
+    assert fix in unescape_command(errors[0]), errors
+    assert "Fix:" in errors[0]
+    assert "Traceback" not in run.stdout + run.stderr, run.stderr
+    assert len(codebuild_double.calls("StartBuild")) <= 1  # no retry loop
+    assert seconds < 30, seconds  # a generous bound: about a second when nothing is retried
+    checks = check_run_requests(github_api)
+    assert not checks or checks[-1][1].get("conclusion") == "failure", checks  # none left in progress
 
 
 @pytest.mark.parametrize(
