@@ -75,6 +75,18 @@ class Run:
 RunFactory = Callable[..., Run]
 
 
+def bridge_redeliver(run: Run, delivery_id: str) -> subprocess.CompletedProcess[str]:
+    """`bridge redeliver` as an operator runs it, beside the server, on its routing file."""
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "redeliver", delivery_id, "--config", str(run.server.config_path)],
+        env=run.server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.fixture
 def start_run(
     tmp_path: Path,
@@ -247,39 +259,9 @@ def test_an_unknown_project_fails_once_with_the_fix_and_redelivery_or_the_cli_st
     run.double.restore_project("hello-build")
     run.double.restore_project("gl-build")
     assert run.server.post(push.delivery) == (202, {"delivery": "missing-push", "restarted": True})
-    redeliver = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bridge",
-            "redeliver",
-            "missing-gl-push",
-            "--config",
-            str(run.server.config_path),
-        ],
-        env=run.server.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    redeliver = bridge_redeliver(run, "missing-gl-push")
     assert redeliver.returncode == 0, redeliver.stderr
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bridge",
-            "redeliver",
-            "no-such-delivery",
-            "--config",
-            str(run.server.config_path),
-        ],
-        env=run.server.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    again = bridge_redeliver(run, "no-such-delivery")
     assert again.returncode == 1
     assert "no delivery 'no-such-delivery'" in again.stderr
 
