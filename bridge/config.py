@@ -807,8 +807,8 @@ _ROUTE_KEYS = (
         "platforms",
         "strings",
         "Image platforms, each built natively: linux/arm64 alone runs on ARM_CONTAINER with an aarch64 "
-        "curated image; both are a batch of one build per platform (pushed as <tag>-amd64 / <tag>-arm64) "
-        "and a merge build that pushes the multi-platform index under the tag itself.",
+        "curated image; both are a batch of one build per platform (each pushing its image by digest) "
+        "and a merge build that pushes the multi-platform index of those digests under the tag itself.",
         default_doc="[] (the project's own platform)",
         form='a list of "linux/amd64", "linux/arm64"',
     ),

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.core.cache import LOCAL_CACHE_OVERRIDE, plan_cache
-from bridge.core.platforms import ARCH_SUFFIX, MAX_TAG, is_multi, native_overrides
+from bridge.core.platforms import is_multi, native_overrides
 from bridge.core.trust import Grant, Policy, TrustFacts, granted
 from bridge.errors import ConfigError, InputError
 from bridge.model import BuildOptions, BuildRequest, EnvVar, RegistryAuth, SourceEvent
@@ -443,12 +443,6 @@ def _check_multi_platform(options: BuildOptions, image_uri: str | None, *, clone
             "several platforms are built by the packaged multi-platform buildspec, not "
             + ("GitLab clone mode" if clone_mode else "a buildspec of your own"),
             hint="remove buildspec (or use a batch section of your own with batch: true)",
-        )
-    if len(image_uri.rpartition(":")[2]) + ARCH_SUFFIX > MAX_TAG:
-        raise InputError(
-            "image-tag",
-            "is too long for the per-platform tags (<tag>-arm64)",
-            hint="use at most 122 characters",
         )
 
 

@@ -1181,7 +1181,13 @@ env = {{k: os.environ.get(k) for k in ("GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "
                                       "BRIDGE_CLONE_TOKEN")}}
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(json.dumps({{"tool": name, "args": args, "stdin": stdin, "env": env}}) + "\\n")
-if name == "aws":
+if name == "aws" and args[:2] == ["codebuild", "batch-get-builds"] and "builds[0].buildBatchArn" in args:
+    print("arn:aws:codebuild:eu-west-1:123456789012:build-batch/p:batch-1")
+elif name == "aws" and args[:2] == ["codebuild", "batch-get-build-batches"]:
+    print("\\t".join(f"arn:aws:codebuild:eu-west-1:123456789012:build/p:{{b}}" for b in ("amd", "arm")))
+elif name == "aws" and args[:2] == ["codebuild", "batch-get-builds"]:
+    print(os.environ.get("FAKE_PLATFORM_DIGESTS", "sha256:" + "a1" * 32 + "\\t" + "sha256:" + "b2" * 32))
+elif name == "aws":
     print("ecr-password")
 if name == "docker" and args[:1] == ["inspect"]:
     print("ghcr.io/o/r@sha256:" + "ab" * 32)

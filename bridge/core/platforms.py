@@ -2,8 +2,9 @@
 
 One platform is one build on the matching compute: linux/arm64 runs on ARM_CONTAINER with an aarch64
 curated image. Two platforms are a batch (the packaged buildspec-multiarch.yml): one native build per
-platform, each pushing `<tag>-<arch>`, then a merge build that makes the multi-platform index under the
-tag itself and exports its digest.
+platform, each pushing its image by digest (exported as IMAGE_DIGEST), then a merge build that reads
+those digests from its sibling builds, makes the multi-platform index under the tag itself and exports
+the index's digest.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from bridge.errors import InputError
 SUPPORTED = ("linux/amd64", "linux/arm64")
 ARM_IMAGE = "aws/codebuild/amazonlinux-aarch64-standard:3.0"
 PLATFORMS_HINT = "linux/amd64, linux/arm64 or both (comma-separated); each is built natively"
-MAX_TAG = 128
-ARCH_SUFFIX = len("-arm64")
 
 
 def parse_platforms(
