@@ -43,6 +43,9 @@ _ANSI: Final = re.compile(
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _BACKTICK_RUN: Final = re.compile(r"`+")
 _MAX_LINE_CHARS: Final = 2000
+# Where a builder puts the records of a batch's finished builds, by group identifier: the batch record
+# itself does not carry what each build exported (its platform, its image digest).
+GROUP_BUILDS: Final = "bridgeGroupBuilds"
 
 
 def build_status(
@@ -173,8 +176,13 @@ def batch_status(batch: BuildRecord, *, region: str, max_summary_chars: int = 65
     conclusion = _CONCLUSIONS.get(status_value, "failure") if state == "completed" else None
     number = batch.get("buildBatchNumber")
     batch_number = number if isinstance(number, int) and not isinstance(number, bool) else None
+    members = batch.get(GROUP_BUILDS)
+    members = members if isinstance(members, Mapping) else {}
     groups = _build_groups(batch.get("buildGroups"), region)
     console = console_url(str(batch.get("arn") or batch_id), region) if batch_id else ""
+    merge = members.get("merge")  # the packaged multi-platform batch's merge build pushed the index
+    merge = merge if isinstance(merge, Mapping) else {}
+    image_uri, image_digest = _exported(merge, "IMAGE_URI"), _exported(merge, "IMAGE_DIGEST")
 
     label = f"Batch #{batch_number}" if batch_number is not None else "Batch"
     total = len(groups)
@@ -200,11 +208,22 @@ def batch_status(batch: BuildRecord, *, region: str, max_summary_chars: int = 65
     lines = [f"### {title}"]
     if batch.get("projectName"):
         lines.append(f"Project: `{_cell(str(batch['projectName'])).replace('`', '')}`")
+    if image_uri and image_digest:
+        lines.append(
+            f"Image (multi-platform index): `{_cell(image_uri).replace('`', '')}` `{_cell(image_digest)}`"
+        )
     if groups:
-        rows = ["| Build | Status | Link |", "| --- | --- | --- |"]
+        rows = ["| Build | Platform | Status | Digest | Link |", "| --- | --- | --- | --- | --- |"]
         for identifier, group_status, link in groups:
+            member = members.get(identifier)
+            member = member if isinstance(member, Mapping) else {}
+            platform = _exported(member, "BRIDGE_PLATFORM")
+            digest = _exported(member, "IMAGE_DIGEST") if platform else None
             shown = f"{_PHASE_ICONS.get(group_status, '⏳')} {group_status}".strip()
-            rows.append(f"| {_cell(identifier)} | {_cell(shown)} | {f'[console]({link})' if link else '—'} |")
+            rows.append(
+                f"| {_cell(identifier)} | {_code(platform)} | {_cell(shown)} | {_code(digest)} | "
+                f"{f'[console]({link})' if link else '—'} |"
+            )
         lines.append("\n".join(rows))
     if console:
         lines.append(f"[CodeBuild console: batch]({console})")
@@ -224,7 +243,14 @@ def batch_status(batch: BuildRecord, *, region: str, max_summary_chars: int = 65
         phases=phases,
         current_phase=current_phase,
         console_url=console,
+        image_uri=image_uri,
+        image_digest=image_digest,
     )
+
+
+def _code(value: str | None) -> str:
+    """A table cell in code style, or a dash."""
+    return f"`{_cell(value).replace('`', '')}`" if value else "—"
 
 
 _VERB: Final = {

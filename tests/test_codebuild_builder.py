@@ -16,8 +16,12 @@ from bridge import aws
 from bridge.builders.base import Builder, LogTail
 from bridge.builders.codebuild import CloudWatchLogTail, CodeBuildBuilder, builder_error
 from bridge.errors import BuilderError
-from bridge.model import BuildRecord, BuildRequest
-from tests.fakes.codebuild_double import PHASES, CodeBuildDouble, Scenario
+from bridge.model import BuildRecord, BuildRequest, SourceEvent
+from bridge.reporters.github import CheckRunReporter, github_client
+from bridge.secret import Secret
+from bridge.status import GROUP_BUILDS, build_status
+from tests.fakes.codebuild_double import PHASES, BatchScenario, CodeBuildDouble, Scenario
+from tests.fakes.github_api import FakeGitHub
 
 if TYPE_CHECKING:
     from mypy_boto3_logs import CloudWatchLogsClient
@@ -489,8 +493,10 @@ def test_a_batch_is_polled_with_batch_get_build_batches_and_summarises_its_build
     batch = run_batch_to_end(builder, builder.start(batch_request()))
     assert batch["buildBatchStatus"] == "SUCCEEDED"
     assert [group["identifier"] for group in batch["buildGroups"]] == ["linux_amd64", "linux_arm64"]
-    assert codebuild_double.calls("BatchGetBuilds") == []  # a known batch id skips BatchGetBuilds
     child_ids = [group["currentBuildSummary"]["arn"].split(":build/")[1] for group in batch["buildGroups"]]
+    asked = [build_id for call in codebuild_double.calls("BatchGetBuilds") for build_id in call.params["ids"]]
+    assert batch["id"] not in asked  # a known batch id skips BatchGetBuilds
+    assert sorted(asked) == sorted(child_ids)  # its finished builds are read once, for the report
     children = builder.get_many(child_ids)
     assert {record["buildStatus"] for record in children.values()} == {"SUCCEEDED"}
     assert all(record["buildBatchArn"] == batch["arn"] for record in children.values())
@@ -563,3 +569,67 @@ def test_a_build_only_override_is_refused_before_any_call(
     with pytest.raises(InputError, match="fleetOverride"):
         make_builder().start(batch_request(fleetOverride={"fleetArn": "arn:aws:codebuild:x"}))
     assert codebuild_double.requests == []
+
+
+BATCH_EVENT = SourceEvent(
+    provider="github",
+    kind="push",
+    event_name="push",
+    action=None,
+    repository="octo-org/app",
+    clone_url="https://github.com/octo-org/app.git",
+    sha="6dcb09b5b57875f334f61aebed695e2e4193db5e",
+    ref="refs/heads/main",
+    server_url="https://github.com",
+)
+
+
+def test_a_finished_batch_carries_what_each_platform_build_exported_into_the_check_run(
+    make_builder: MakeBuilder, codebuild_double: CodeBuildDouble, github_api: FakeGitHub
+) -> None:
+    """The batch record names its builds; the report shows each platform's status and digest and the
+    index the merge build pushed, as posted to GitHub's check run (the fake validates the request)."""
+    digests = {arch: "sha256:" + char * 64 for arch, char in (("amd64", "a"), ("arm64", "b"), ("index", "c"))}
+    codebuild_double.script_next_batch(
+        BatchScenario(
+            builds={
+                "linux_amd64": Scenario(
+                    exported_env={"BRIDGE_PLATFORM": "linux/amd64", "IMAGE_DIGEST": digests["amd64"]}
+                ),
+                "linux_arm64": Scenario(
+                    exported_env={"BRIDGE_PLATFORM": "linux/arm64", "IMAGE_DIGEST": digests["arm64"]},
+                    polls_per_phase=3,
+                ),
+                "merge": Scenario(
+                    exported_env={"IMAGE_URI": "ghcr.io/octo/app:v1", "IMAGE_DIGEST": digests["index"]}
+                ),
+            }
+        )
+    )
+    builder = make_builder()
+    batch = builder.start(batch_request())
+    seen_partial = False
+    for _ in range(500):
+        batch = builder.get_many([batch["id"]])[batch["id"]]
+        members = batch.get(GROUP_BUILDS, {})
+        seen_partial = seen_partial or ("linux_amd64" in members and "linux_arm64" not in members)
+        if batch["complete"]:
+            break
+    assert seen_partial  # a platform shows its digest as soon as its own build has finished
+    status = build_status(batch, region="eu-west-1")
+    assert (status.image_uri, status.image_digest) == ("ghcr.io/octo/app:v1", digests["index"])
+    asked = [build_id for call in codebuild_double.calls("BatchGetBuilds") for build_id in call.params["ids"]]
+    assert len(asked) == len(set(asked)) == 3  # each finished build read once
+
+    github_api.add_token("ghs_batchReportToken0123456789abcdef")
+    client = github_client(github_api.url, Secret("ghs_batchReportToken0123456789abcdef"))
+    reporter = CheckRunReporter(client, "octo-org/app", name="codebuild / image")
+    run_id = reporter.start(BATCH_EVENT, None, "https://github.com/octo-org/app/actions/runs/1")
+    reporter.update(run_id, status)
+    summary = github_api.check_runs[run_id]["output"]["summary"]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in summary.splitlines() if line.startswith("| ")}
+    for arch in ("amd64", "arm64"):
+        assert f"| `linux/{arch}` | ✅ SUCCEEDED | `{digests[arch]}` |" in rows[f"linux_{arch}"]
+    assert "| — | ✅ SUCCEEDED | — |" in rows["merge"]
+    assert f"`ghcr.io/octo/app:v1` `{digests['index']}`" in summary
+    client.close()

@@ -9,6 +9,7 @@ error *code* (never by message text), so the worker knows whether to try again l
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -20,6 +21,7 @@ from bridge.aws import DEFAULT_CREDENTIALS_HINT
 from bridge.errors import BuilderError, CredentialsError
 from bridge.model import BuildRecord, BuildRequest
 from bridge.plan import DELIVERY_ID_VARIABLE, start_build_batch_kwargs
+from bridge.status import GROUP_BUILDS
 
 if TYPE_CHECKING:
     from mypy_boto3_codebuild import CodeBuildClient
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 
 BATCH_GET_LIMIT = 100  # BatchGetBuilds accepts at most 100 ids a call
 FIND_PAGES = 20  # ListBuildsForProject pages (100 builds each) searched for an earlier attempt
+FINISHED_KEPT = 1024  # records of finished batch builds remembered (they never change again)
+_FINISHED = frozenset({"SUCCEEDED", "FAILED", "FAULT", "TIMED_OUT", "STOPPED"})
 
 # Error codes worth trying again later. AccountLimitExceededException is CodeBuild's concurrent
 # build quota: a slot frees up when another build ends, so the same request succeeds later.
@@ -105,6 +109,18 @@ def aws_call(operation: str, project: str | None) -> Iterator[None]:
         ) from exc
 
 
+def _finished_groups(batch: BuildRecord) -> Iterator[tuple[str, str]]:
+    """(identifier, build id) of each build group whose current build has finished."""
+    groups = batch.get("buildGroups")
+    for group in groups if isinstance(groups, list) else ():
+        summary = group.get("currentBuildSummary") if isinstance(group, dict) else None
+        if not isinstance(summary, dict) or summary.get("buildStatus") not in _FINISHED:
+            continue
+        arn = str(summary.get("arn") or "")
+        if ":build/" in arn:
+            yield str(group.get("identifier") or ""), arn.partition(":build/")[2]
+
+
 class CodeBuildBuilder:
     name = "codebuild"
 
@@ -123,6 +139,7 @@ class CodeBuildBuilder:
         # Batch ids look like build ids (project:uuid): the ones started here are remembered, and
         # callers name the others (the worker knows which routes build batches).
         self._batch_ids: set[str] = set()
+        self._finished: OrderedDict[str, BuildRecord] = OrderedDict()
 
     def start(self, request: BuildRequest) -> BuildRecord:
         """StartBuild, or StartBuildBatch for a batch request (the record is then a batch record)."""
@@ -164,7 +181,33 @@ class CodeBuildBuilder:
             for batch in response.get("buildBatches", []):
                 self._batch_ids.add(str(batch["id"]))
                 records[str(batch["id"])] = batch
+        self._attach_group_builds(list(records.values()))
         return records
+
+    def _attach_group_builds(self, batches: Sequence[BuildRecord]) -> None:
+        """Each finished build of a batch, by its group identifier, under GROUP_BUILDS: the batch record
+        names its builds but not what they exported (a platform's image digest, the index's), which
+        the report shows per platform. A finished build never changes, so it is read once (one
+        BatchGetBuilds for all the batches polled together) and remembered."""
+        wanted: dict[str, str] = {}  # build id -> identifier
+        for batch in batches:
+            for identifier, build_id in _finished_groups(batch):
+                wanted[build_id] = identifier
+        missing = [build_id for build_id in wanted if build_id not in self._finished]
+        if missing:
+            for build_id, build in self._get_builds(missing).items():
+                if build.get("buildComplete"):
+                    self._finished[build_id] = build
+            while len(self._finished) > FINISHED_KEPT:
+                self._finished.popitem(last=False)
+        for batch in batches:
+            found = {
+                identifier: self._finished[build_id]
+                for identifier, build_id in _finished_groups(batch)
+                if build_id in self._finished
+            }
+            if found and isinstance(batch, dict):
+                batch[GROUP_BUILDS] = found
 
     def _get_builds(self, build_ids: Sequence[str]) -> dict[str, BuildRecord]:
         unique = list(build_ids)
