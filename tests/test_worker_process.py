@@ -284,7 +284,8 @@ def test_a_planned_stop_is_not_reported_as_a_death(journal: Path, handles: list[
     handle = spawn(handles, lambda: RecordingWorker(journal), on_unexpected_exit=exits.append)
     wait_for(lambda: bool(lines(journal)))
     handle.stop(timeout=5)
-    time.sleep(0.2)
+    for watcher in [thread for thread in threading.enumerate() if thread.name == "bridge-worker-watch"]:
+        watcher.join(timeout=10)  # each watcher has seen its child's exit and decided whether to report it
     assert exits == []
 
 

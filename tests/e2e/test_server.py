@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -387,6 +388,16 @@ def test_deliveries_build_and_report_end_to_end(
     assert all(GITHUB_SECRET not in line and GITLAB_WEBHOOK_TOKEN not in line for line in map(str, log_lines))
 
 
+def retry_recorded(state_file: Path, delivery_id: str) -> bool:
+    """The worker wrote the refusal into the delivery's row (read as another process would)."""
+    with contextlib.closing(sqlite3.connect(f"file:{state_file}?mode=ro", uri=True, timeout=5)) as state:
+        row = state.execute(
+            "SELECT last_error FROM deliveries WHERE delivery_id IN (?, ?)",
+            (delivery_id, f"gitlab:{delivery_id}"),
+        ).fetchone()
+    return row is not None and row[0] is not None
+
+
 def test_sigkill_mid_flight_then_restart_finishes_everything_exactly_once(
     server: Server, codebuild_double: CodeBuildDouble, github_api: FakeGitHub, gitlab_api: FakeGitLab
 ) -> None:
@@ -414,7 +425,12 @@ def test_sigkill_mid_flight_then_restart_finishes_everything_exactly_once(
         "the refused start",
         server.log_path,
     )
-    time.sleep(0.3)  # let the worker record the retry
+    wait_for(
+        lambda: retry_recorded(server.config_path.parent / "state.sqlite3", "kill-gl-mr"),
+        FINISH_TIMEOUT,
+        "the worker to record the retry",
+        server.log_path,
+    )
 
     server.stop_hard()
     assert not all_final(github_api, gitlab_api, 2, 2)  # killed mid-flight
