@@ -419,6 +419,8 @@ def plan_build(
     if options.cache == "local" and grant.cache_write:
         kwargs["cacheOverride"] = dict(LOCAL_CACHE_OVERRIDE)
     for key, value in options.extra_overrides.items():
+        if key in grant.withheld_overrides:
+            continue  # core.trust withholds it from this build (a fork's), and says so in grant.dropped
         if key in _PROTECTED_KWARGS:
             raise InputError("overrides", f"cannot override {key}", hint="set it through its own option")
         kwargs[key] = value

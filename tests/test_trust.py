@@ -329,6 +329,38 @@ def test_the_repository_itself_reads_and_writes_the_cache() -> None:
     assert env_of(GH_SAME_PR, route, grant)["BRIDGE_CACHE_WRITE"] == ("1", "PLAINTEXT")
 
 
+OVERRIDES = {
+    "serviceRoleOverride": "arn:aws:iam::123456789012:role/deploy",
+    "cacheOverride": {"type": "S3", "location": "trusted-cache/web"},
+    "artifactsOverride": {"type": "S3", "location": "releases"},
+    "queuedTimeoutInMinutesOverride": 30,
+}
+
+
+@pytest.mark.parametrize(
+    ("event", "forks", "approved", "passed"),
+    [
+        (GH_SAME_PR, "never", False, set(OVERRIDES)),
+        (GH_FORK_PR, "without-secrets", False, {"queuedTimeoutInMinutesOverride"}),
+        (GH_FORK_PR, "allow", False, {"queuedTimeoutInMinutesOverride", "serviceRoleOverride"}),
+        (GH_FORK_PR, "approve", True, {"queuedTimeoutInMinutesOverride", "serviceRoleOverride"}),
+    ],
+)
+def test_a_forks_build_gets_only_the_route_overrides_its_trust_allows(
+    event: SourceEvent, forks: ForkPolicy, approved: bool, passed: set[str]
+) -> None:
+    route = route_for(event, forks, overrides=OVERRIDES)
+    grant = decide(event, route, TrustFacts.of(event, approved_sha=event.sha if approved else None))
+    assert isinstance(grant, Grant)
+    kwargs = plan_build(
+        event, build_options(route, event), grant=grant, idempotency_seed="s"
+    ).start_build_kwargs
+    assert {name for name in OVERRIDES if name in kwargs} == passed
+    assert set(grant.withheld_overrides) == set(OVERRIDES) - passed
+    if grant.withheld_overrides:
+        assert any("overrides" in line for line in grant.describe())
+
+
 # --- re-runs: the original build's route, by name, only while it still admits the event ------------------
 
 

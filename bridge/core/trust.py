@@ -25,9 +25,9 @@ only carries out the Grant it returns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, Protocol
 
 from bridge.errors import NotGrantedError
 from bridge.model import BuildOptions, EnvVar, ForkPolicy, Ignored, SourceEvent
@@ -79,6 +79,22 @@ class TrustPolicy(Protocol):
     @property
     def registry_credentials(self) -> object | None: ...
 
+    @property
+    def overrides(self) -> Mapping[str, Any]: ...
+
+
+# StartBuild parameters a route's `overrides` may pass that hand a build something trusted: another
+# role, secondary sources fetched with the project's credentials, mounted file systems (read by the
+# code), and places it writes that others read (the cache, artifacts). A fork's build gets the first
+# three only when the route trusts it (approved, or allow); the writes never.
+TRUSTED_READS: Final = (
+    "serviceRoleOverride",
+    "secondarySourcesOverride",
+    "secondarySourcesVersionOverride",
+    "fileSystemLocationsOverride",
+)
+TRUSTED_WRITES: Final = ("cacheOverride", "artifactsOverride", "secondaryArtifactsOverride")
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -93,6 +109,7 @@ class Policy:
     source_mode: str = "native"
     privileged_mode: bool | None = None
     registry_credentials: object | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @classmethod
     def of_options(cls, name: str, options: BuildOptions, *, forks: ForkPolicy) -> Policy:
@@ -106,6 +123,7 @@ class Policy:
             source_mode=options.source_mode,
             privileged_mode=options.privileged_mode,
             registry_credentials=options.registry,
+            overrides=options.extra_overrides,
         )
 
 
@@ -153,6 +171,7 @@ class Grant:
     cache_read: bool
     privileged: bool | None
     dropped: tuple[str, ...] = ()
+    withheld_overrides: tuple[str, ...] = ()  # the route's `overrides` keys this build does not get
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -281,6 +300,14 @@ def decide(event: SourceEvent, route: TrustPolicy, facts: TrustFacts) -> Grant |
                 f"pushing: a fork never pushes to the route's image repository; the image is built, not "
                 f"pushed (set {label}.fork_image_repository to push fork builds as pr-<n>-<sha>)"
             )
+    withheld = [name for name in TRUSTED_WRITES if name in route.overrides]
+    if not trusted:
+        withheld = [name for name in TRUSTED_READS if name in route.overrides] + withheld
+    if withheld:
+        dropped.append(
+            f"{label}.overrides {', '.join(withheld)}: a fork's build never writes the route's cache or "
+            f"artifacts, nor gets its role, secondary sources or file systems unless trusted ({why})"
+        )
     if trusted and push:
         dropped.append("writing the layer cache: forks never write it (they read it)")
     else:
@@ -303,6 +330,7 @@ def decide(event: SourceEvent, route: TrustPolicy, facts: TrustFacts) -> Grant |
         cache_read=trusted and push,
         privileged=route.privileged_mode,
         dropped=tuple(dropped),
+        withheld_overrides=tuple(withheld),
     )
 
 

@@ -136,6 +136,44 @@ def test_a_fork_branch_named_like_the_base_cannot_overwrite_the_trusted_tag(
     assert {name for name, (_, kind) in env.items() if kind != "PLAINTEXT"} == set()
 
 
+DEPLOY_ROLE = "arn:aws:iam::123456789012:role/deploy"
+TRUSTED_OVERRIDES = (
+    f'overrides = {{ serviceRoleOverride = "{DEPLOY_ROLE}", '
+    'cacheOverride = { type = "S3", location = "trusted-cache/web" }, '
+    'artifactsOverride = { type = "S3", location = "releases", name = "web.zip" }, '
+    "queuedTimeoutInMinutesOverride = 30 }"
+)
+
+
+def test_a_fork_gets_none_of_the_routes_trusted_overrides(served_factory: ServedFactory) -> None:
+    """The route's `overrides` pass StartBuild parameters as is: a fork's build must not run under the
+    route's (deploy) role, write its S3 cache or its release artifacts through them."""
+    rig = served_factory(github_route_extra=f'forks = "without-secrets"\n{TRUSTED_OVERRIDES}')
+    payload = github_payload("pull_request", "opened", 1)
+    payload["pull_request"]["head"]["repo"].update(
+        full_name="mallory/Hello-World", clone_url="https://github.com/mallory/Hello-World.git", fork=True
+    )
+
+    assert rig.send(github_delivery("pull_request", payload))[0] == 202
+
+    (params,) = rig.start_build_params(1)
+    for name in ("serviceRoleOverride", "cacheOverride", "artifactsOverride"):
+        assert name not in params
+    assert DEPLOY_ROLE not in json.dumps(params)
+    assert params["queuedTimeoutInMinutesOverride"] == 30  # what trusts nothing still passes
+
+
+def test_the_repositorys_own_code_gets_the_routes_overrides(served_factory: ServedFactory) -> None:
+    rig = served_factory(github_route_extra=TRUSTED_OVERRIDES)
+
+    assert rig.send(github_delivery("push", github_payload("push", None, 4)))[0] == 202
+
+    (params,) = rig.start_build_params(1)
+    assert params["serviceRoleOverride"] == DEPLOY_ROLE
+    assert params["cacheOverride"] == {"type": "S3", "location": "trusted-cache/web"}
+    assert params["artifactsOverride"]["location"] == "releases"
+
+
 # -- item 4: no clone token for an unapproved fork --------------------------------------------------------
 
 
