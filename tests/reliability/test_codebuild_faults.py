@@ -102,15 +102,18 @@ def start_run(
     codebuild_double.allow_only(stack.bridge_codebuild_actions())
     servers: list[Server] = []
 
-    def start(server_settings: str = "", *, credentials: bool = True) -> Run:
-        """`credentials=False`: no AWS credentials anywhere (secrets come from env: references)."""
+    def start(server_settings: str = "", *, credentials: bool = True, region: bool = True) -> Run:
+        """`credentials=False` / `region=False`: no AWS credentials / region anywhere (secrets come
+        from env: references then)."""
         text = config_text(
             github_url=github_api.url,
             gitlab_url=gitlab_api.url,
             state_path="state.sqlite3",
-            refs="secretsmanager" if credentials else "env",
+            refs="secretsmanager" if credentials and region else "env",
             max_body_bytes=MAX_BODY,
         )
+        if not region:
+            text = text.replace(f'[aws]\nregion = "{REGION}"\n', "", 1)
         config_path = tmp_path / "bridge.toml"
         config_path.write_text(text.replace("[server]\n", f"[server]\n{server_settings}\n", 1))
         env = {
@@ -123,6 +126,10 @@ def start_run(
         if not credentials:
             for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
                 env.pop(name, None)
+        if not region:
+            for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+                env.pop(name, None)
+        if not (credentials and region):
             env.update(
                 secret_env(github_app_key=github_api.app_keys.private_key_pem, gitlab_token=gitlab_api.token)
             )
@@ -327,6 +334,26 @@ def test_no_aws_credentials_fail_each_delivery_once_with_the_fix_and_no_retry_lo
     assert check_run["conclusion"] == "failure"
     assert check_run["output"]["title"].startswith("Build not started: no AWS credentials found")
     assert "**To fix:**" in check_run["output"]["summary"]
+    assert run.double.requests == []  # nothing reached CodeBuild
+    assert run.logged("build start failed; will retry") == 0
+    assert run.logged("build start failed for good") == 1
+
+
+def test_no_aws_region_fails_each_delivery_once_with_the_fix_and_no_retry_loop(
+    start_run: RunFactory,
+) -> None:
+    run = start_run(FAST_RETRIES, region=False)
+    push = github_sent("push", github_payload("push", None, 4), "no-region-push")
+
+    assert run.server.post(push.delivery)[0] == 202
+    wait_for(
+        lambda: all_final(run.github, run.gitlab, 1, 0), FINISH_TIMEOUT, "the failure", run.server.log_path
+    )
+    (check_run,) = run.github.check_runs.values()
+    assert check_run["conclusion"] == "failure"
+    assert check_run["output"]["title"].startswith("Build not started: no AWS region")
+    assert "**To fix:**" in check_run["output"]["summary"]
+    assert "AWS_REGION" in check_run["output"]["summary"]
     assert run.double.requests == []  # nothing reached CodeBuild
     assert run.logged("build start failed; will retry") == 0
     assert run.logged("build start failed for good") == 1
