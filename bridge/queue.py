@@ -11,6 +11,8 @@ The store holds each delivery's state; the queue only says "this delivery needs 
   moved to the dead-letter queue by SQS's redrive policy. SQS may deliver a message twice; the
   store's claim makes the second copy a no-op, and the CodeBuild idempotency token derived from the
   delivery id is the backstop if a replica died between StartBuild and recording the build.
+  Sending is on the webhook sender's clock, so it has short deadlines and answers 503 when SQS does
+  not; a row stored without its message is then found in the store by a worker (`SqsQueue._sweep`).
 """
 
 from __future__ import annotations
