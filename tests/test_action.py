@@ -350,6 +350,32 @@ def workflow_run_env(
     )
 
 
+@dataclass
+class Privileged:
+    """The Action's runner on a privileged event (the repository's secrets in the workflow), with the
+    trusted inputs; `run` runs entrypoint.py in it."""
+
+    tmp_path: Path
+    aws_env: dict[str, str]
+    github_api: FakeGitHub
+
+    def pull_request_target(self, payload: dict[str, Any], **inputs: str) -> dict[str, str]:
+        return pull_request_target_env(self.tmp_path, self.aws_env, self.github_api, payload, **inputs)
+
+    def workflow_run(self, head_repository: str, **inputs: str) -> dict[str, str]:
+        return workflow_run_env(self.tmp_path, self.aws_env, self.github_api, head_repository, **inputs)
+
+    def run(self, env: Mapping[str, str]) -> ActionRun:
+        return run_action(env, self.tmp_path)
+
+
+@pytest.fixture
+def privileged(
+    tmp_path: Path, aws_env: dict[str, str], github_api: FakeGitHub, actions_token: str
+) -> Privileged:
+    return Privileged(tmp_path, aws_env, github_api)
+
+
 def start_variables(codebuild_double: CodeBuildDouble) -> dict[str, tuple[str, str]]:
     [start] = codebuild_double.calls("StartBuild")
     return {v["name"]: (v["type"], v["value"]) for v in start.params.get("environmentVariablesOverride", [])}
@@ -366,40 +392,37 @@ def assert_refused_naming_the_opt_in(
     assert codebuild_double.requests == []
 
 
+def assert_built_with_nothing_trusted(
+    run: ActionRun, codebuild_double: CodeBuildDouble
+) -> dict[str, tuple[str, str]]:
+    """The build started with no secret or parameter-store variable and no registry credentials."""
+    assert run.returncode == 0, run.stdout + run.stderr
+    variables = start_variables(codebuild_double)
+    assert {name for name, (kind, _) in variables.items() if kind != "PLAINTEXT"} == set()
+    assert not any(name.startswith("REGISTRY_") for name in variables)
+    return variables
+
+
 @pytest.mark.parametrize("deleted", [False, True], ids=["fork", "deleted-fork"])
 def test_pull_request_target_refuses_a_fork_head_with_one_error_naming_the_opt_in(
-    tmp_path: Path,
-    aws_env: dict[str, str],
-    github_api: FakeGitHub,
-    actions_token: str,
-    codebuild_double: CodeBuildDouble,
-    deleted: bool,
+    privileged: Privileged, github_api: FakeGitHub, codebuild_double: CodeBuildDouble, deleted: bool
 ) -> None:
-    env = pull_request_target_env(tmp_path, aws_env, github_api, fork_pull_request(deleted=deleted))
-    run = run_action(env, tmp_path)
+    run = privileged.run(privileged.pull_request_target(fork_pull_request(deleted=deleted)))
 
     assert_refused_naming_the_opt_in(run, "pull_request_target", codebuild_double)
     assert check_run_requests(github_api) == []
 
 
 def test_pull_request_target_with_allow_fork_code_drops_secrets_registry_credentials_and_the_push(
-    tmp_path: Path,
-    aws_env: dict[str, str],
-    github_api: FakeGitHub,
-    actions_token: str,
-    codebuild_double: CodeBuildDouble,
+    privileged: Privileged, codebuild_double: CodeBuildDouble
 ) -> None:
     payload = fork_pull_request()
-    env = pull_request_target_env(tmp_path, aws_env, github_api, payload, **{"allow-fork-code": "true"})
-    run = run_action(env, tmp_path)
+    run = privileged.run(privileged.pull_request_target(payload, **{"allow-fork-code": "true"}))
 
-    assert run.returncode == 0, run.stdout + run.stderr
+    variables = assert_built_with_nothing_trusted(run, codebuild_double)
     [start] = codebuild_double.calls("StartBuild")
     assert start.params["sourceVersion"] == payload["pull_request"]["head"]["sha"]
     assert start.params["sourceLocationOverride"] == f"https://github.com/{FORK}.git"
-    variables = start_variables(codebuild_double)
-    assert {name for name, (kind, _) in variables.items() if kind != "PLAINTEXT"} == set()
-    assert not any(name.startswith("REGISTRY_") for name in variables)
     assert "IMAGE_REPOSITORY" not in variables
     assert variables["NODE_ENV"] == ("PLAINTEXT", "production")
     warnings = [unescape_command(line) for line in run.stdout.splitlines() if line.startswith("::warning")]
@@ -410,14 +433,10 @@ def test_pull_request_target_with_allow_fork_code_drops_secrets_registry_credent
 
 
 def test_pull_request_target_from_the_repository_itself_builds_with_its_secrets(
-    tmp_path: Path,
-    aws_env: dict[str, str],
-    github_api: FakeGitHub,
-    actions_token: str,
-    codebuild_double: CodeBuildDouble,
+    privileged: Privileged, codebuild_double: CodeBuildDouble
 ) -> None:
     payload = github_example("pull_request", "opened")  # head and base are the same repository
-    run = run_action(pull_request_target_env(tmp_path, aws_env, github_api, payload), tmp_path)
+    run = privileged.run(privileged.pull_request_target(payload))
 
     assert run.returncode == 0, run.stdout + run.stderr
     variables = start_variables(codebuild_double)
@@ -428,31 +447,20 @@ def test_pull_request_target_from_the_repository_itself_builds_with_its_secrets(
 
 
 def test_workflow_run_of_a_fork_is_refused_and_built_without_secrets_when_allowed(
-    tmp_path: Path,
-    aws_env: dict[str, str],
-    github_api: FakeGitHub,
-    actions_token: str,
-    codebuild_double: CodeBuildDouble,
+    privileged: Privileged, codebuild_double: CodeBuildDouble
 ) -> None:
-    env = workflow_run_env(tmp_path, aws_env, github_api, FORK)
-    refused = run_action(env, tmp_path)
+    env = privileged.workflow_run(FORK)
+    refused = privileged.run(env)
     assert_refused_naming_the_opt_in(refused, "workflow_run", codebuild_double)
 
-    allowed = run_action({**env, "INPUT_ALLOW-FORK-CODE": "true"}, tmp_path)
-    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
-    variables = start_variables(codebuild_double)
-    assert {name for name, (kind, _) in variables.items() if kind != "PLAINTEXT"} == set()
-    assert not any(name.startswith("REGISTRY_") for name in variables)
+    allowed = privileged.run({**env, "INPUT_ALLOW-FORK-CODE": "true"})
+    assert_built_with_nothing_trusted(allowed, codebuild_double)
 
 
 def test_workflow_run_of_the_repository_itself_builds_with_its_secrets(
-    tmp_path: Path,
-    aws_env: dict[str, str],
-    github_api: FakeGitHub,
-    actions_token: str,
-    codebuild_double: CodeBuildDouble,
+    privileged: Privileged, codebuild_double: CodeBuildDouble
 ) -> None:
-    run = run_action(workflow_run_env(tmp_path, aws_env, github_api, "Codertocat/Hello-World"), tmp_path)
+    run = privileged.run(privileged.workflow_run("Codertocat/Hello-World"))
     assert run.returncode == 0, run.stdout + run.stderr
     assert start_variables(codebuild_double)["NPM_TOKEN"] == ("SECRETS_MANAGER", "ci/npm:token")
 

@@ -10,27 +10,21 @@ not carry over, and a new approval builds the new head.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from bridge.core.approval import approve_action
 from tests.e2e.support import (
-    GITHUB_OLD_SECRET,
-    GITHUB_SECRET,
-    GITLAB_WEBHOOK_TOKEN,
-    REGION,
     config_text,
     github_delivery,
     github_payload,
     gitlab_delivery,
     gitlab_payload,
 )
-from tests.e2e.test_server import FINISH_TIMEOUT, Server, free_port, started, wait_for
+from tests.e2e.test_server import FINISH_TIMEOUT, Server, serve, started, wait_for
 from tests.fakes.codebuild_double import CodeBuildDouble
 from tests.fakes.github_api import FakeGitHub
 from tests.fakes.gitlab_api import FakeGitLab
@@ -59,10 +53,6 @@ def server(
     gitlab_api: FakeGitLab,
 ) -> Iterator[Server]:
     """`bridge serve` whose two routes build forks once a maintainer approves them (GitHub App mode)."""
-    secrets = boto3.client("secretsmanager", region_name=REGION)
-    secrets.create_secret(Name="bridge/github-webhook", SecretString=GITHUB_SECRET)
-    secrets.create_secret(Name="bridge/github-app-key", SecretString=github_api.app_keys.private_key_pem)
-    secrets.create_secret(Name="bridge/gitlab-token", SecretString=gitlab_api.token)
     text = config_text(
         github_url=github_api.url,
         gitlab_url=gitlab_api.url,
@@ -70,21 +60,8 @@ def server(
         github_route_extra=f'forks = "approve"\n{SECRET_ENV}',
     )
     text = text.replace('forks = "never"', f'forks = "approve"\n{SECRET_ENV}')
-    config_path = tmp_path / "bridge.toml"
-    config_path.write_text(text)
-    env = {
-        **os.environ,
-        **aws_env,
-        "GITHUB_OLD_WEBHOOK_SECRET": GITHUB_OLD_SECRET,
-        "GITLAB_WEBHOOK_TOKEN": GITLAB_WEBHOOK_TOKEN,
-        "PYTHONUNBUFFERED": "1",
-    }
-    running = Server(config_path, tmp_path / "server.log", env, free_port())
-    running.start()
-    try:
+    with serve(tmp_path, aws_env, github_api, gitlab_api, text) as running:
         yield running
-    finally:
-        running.stop_hard()
 
 
 # -- GitHub ------------------------------------------------------------------------------------------------

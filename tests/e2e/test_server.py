@@ -219,6 +219,17 @@ def serve(
         running.stop_hard()
 
 
+def served_text(github_api: FakeGitHub, gitlab_api: FakeGitLab) -> str:
+    """The routing file of the default server: secrets in Secrets Manager, the fake APIs' URLs."""
+    return config_text(
+        github_url=github_api.url,
+        gitlab_url=gitlab_api.url,
+        state_path="state.sqlite3",
+        refs="secretsmanager",
+        max_body_bytes=MAX_BODY,
+    )
+
+
 @pytest.fixture
 def server(
     tmp_path: Path,
@@ -227,14 +238,7 @@ def server(
     github_api: FakeGitHub,
     gitlab_api: FakeGitLab,
 ) -> Iterator[Server]:
-    text = config_text(
-        github_url=github_api.url,
-        gitlab_url=gitlab_api.url,
-        state_path="state.sqlite3",
-        refs="secretsmanager",
-        max_body_bytes=MAX_BODY,
-    )
-    with serve(tmp_path, aws_env, github_api, gitlab_api, text) as running:
+    with serve(tmp_path, aws_env, github_api, gitlab_api, served_text(github_api, gitlab_api)) as running:
         yield running
 
 

@@ -15,6 +15,7 @@ import re
 import secrets
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -159,38 +160,11 @@ class FakeGitLab:
 
         return app
 
-    def _handle(self, project: str, sha: str | None) -> Response:
-        raw_path = str(request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path)
-        body = _request_params()
-        token_ok = request.headers.get("PRIVATE-TOKEN") == self.token
-        with self._lock:
-            if self._faults:
-                fault = self._faults.popleft()
-                response = _answer(fault.status, fault.body)
-            elif not token_ok:
-                response = _answer(401, {"message": "401 Unauthorized"})
-            elif not _project_segment_encoded(raw_path):
-                response = _answer(404, {"message": "404 Project Not Found"})
-            elif sha is None:
-                response = _answer(200, _project_json(project))
-            else:
-                response = self._create_status(project, sha, body)
-            self.requests.append(
-                RecordedRequest(
-                    method=request.method,
-                    raw_path=raw_path,
-                    project=project,
-                    sha=sha,
-                    body=body,
-                    token_ok=token_ok,
-                    status_code=response.status_code,
-                )
-            )
-        return response
-
-    def _member(self, project: str, user_id: str) -> Response:
-        """lib/api/members.rb `GET :id/members/all/:user_id`: direct and inherited members; 404
-        "Member Not Found" for anyone else. `user_id` is an integer (Grape answers 400 otherwise)."""
+    def _answered(
+        self, project: str, sha: str | None, respond: Callable[[str, dict[str, Any]], Response]
+    ) -> Response:
+        """One request, recorded: a queued fault, or 401 without the token, else what `respond` (given
+        the raw path and the parameters) answers, under the lock."""
         raw_path = str(request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.path)
         params = _request_params()
         token_ok = request.headers.get("PRIVATE-TOKEN") == self.token
@@ -200,40 +174,59 @@ class FakeGitLab:
                 response = _answer(fault.status, fault.body)
             elif not token_ok:
                 response = _answer(401, {"message": "401 Unauthorized"})
-            elif params:
-                response = _answer(400, {"error": f"unknown parameter(s) {', '.join(sorted(params))}"})
-            elif not user_id.isdigit():
-                response = _answer(400, {"error": "user_id is invalid"})
-            elif (project, int(user_id)) not in self.members:
-                response = _answer(404, {"message": "404 Member Not Found"})
             else:
-                level = self.members[(project, int(user_id))]
-                response = _answer(
-                    200,
-                    {
-                        "id": int(user_id),
-                        "username": f"user{user_id}",
-                        "name": f"User {user_id}",
-                        "state": "active",
-                        "avatar_url": None,
-                        "web_url": f"https://gitlab.example.com/user{user_id}",
-                        "access_level": level,
-                        "created_at": "2026-01-01T00:00:00.000Z",
-                        "expires_at": None,
-                    },
-                )
+                response = respond(raw_path, params)
             self.requests.append(
                 RecordedRequest(
                     method=request.method,
                     raw_path=raw_path,
                     project=project,
-                    sha=None,
+                    sha=sha,
                     body=params,
                     token_ok=token_ok,
                     status_code=response.status_code,
                 )
             )
         return response
+
+    def _handle(self, project: str, sha: str | None) -> Response:
+        def respond(raw_path: str, body: dict[str, Any]) -> Response:
+            if not _project_segment_encoded(raw_path):
+                return _answer(404, {"message": "404 Project Not Found"})
+            if sha is None:
+                return _answer(200, _project_json(project))
+            return self._create_status(project, sha, body)
+
+        return self._answered(project, sha, respond)
+
+    def _member(self, project: str, user_id: str) -> Response:
+        """lib/api/members.rb `GET :id/members/all/:user_id`: direct and inherited members; 404
+        "Member Not Found" for anyone else. `user_id` is an integer (Grape answers 400 otherwise)."""
+
+        def respond(raw_path: str, params: dict[str, Any]) -> Response:
+            del raw_path  # the project id is a plain number here
+            if params:
+                return _answer(400, {"error": f"unknown parameter(s) {', '.join(sorted(params))}"})
+            if not user_id.isdigit():
+                return _answer(400, {"error": "user_id is invalid"})
+            if (project, int(user_id)) not in self.members:
+                return _answer(404, {"message": "404 Member Not Found"})
+            return _answer(
+                200,
+                {
+                    "id": int(user_id),
+                    "username": f"user{user_id}",
+                    "name": f"User {user_id}",
+                    "state": "active",
+                    "avatar_url": None,
+                    "web_url": f"https://gitlab.example.com/user{user_id}",
+                    "access_level": self.members[(project, int(user_id))],
+                    "created_at": "2026-01-01T00:00:00.000Z",
+                    "expires_at": None,
+                },
+            )
+
+        return self._answered(project, None, respond)
 
     def _create_status(self, project: str, sha: str, params: dict[str, Any]) -> Response:
         problem = _validate(params)

@@ -10,7 +10,6 @@ per accepted delivery, bring every status to its final state, and leak no secret
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -19,32 +18,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from tests.e2e.support import (
     GITHUB_OLD_SECRET,
     GITHUB_SECRET,
     GITLAB_WEBHOOK_TOKEN,
-    REGION,
-    config_text,
     github_delivery,
     github_payload,
     gitlab_payload,
 )
 from tests.e2e.test_server import (
     FINISH_TIMEOUT,
-    MAX_BODY,
     Sent,
     Server,
     all_final,
     check_run_histories,
     collapse,
     expected_request,
-    free_port,
     github_sent,
     gitlab_histories,
     gitlab_sent,
+    serve,
+    served_text,
     started,
     wait_for,
 )
@@ -112,35 +108,13 @@ def run(
     github_api: FakeGitHub,
     gitlab_api: FakeGitLab,
 ) -> Iterator[Run]:
-    secrets = boto3.client("secretsmanager", region_name=REGION)
-    secrets.create_secret(Name="bridge/github-webhook", SecretString=GITHUB_SECRET)
-    secrets.create_secret(Name="bridge/github-app-key", SecretString=github_api.app_keys.private_key_pem)
-    secrets.create_secret(Name="bridge/gitlab-token", SecretString=gitlab_api.token)
+    text = served_text(github_api, gitlab_api)
     gate = SecretsManagerGate(moto_url).open()
-    config_path = tmp_path / "bridge.toml"
-    config_path.write_text(
-        config_text(
-            github_url=github_api.url,
-            gitlab_url=gitlab_api.url,
-            state_path="state.sqlite3",
-            refs="secretsmanager",
-            max_body_bytes=MAX_BODY,
-        )
-    )
-    env = {
-        **os.environ,
-        **aws_env,
-        "AWS_ENDPOINT_URL_SECRETS_MANAGER": gate.url,
-        "GITHUB_OLD_WEBHOOK_SECRET": GITHUB_OLD_SECRET,
-        "GITLAB_WEBHOOK_TOKEN": GITLAB_WEBHOOK_TOKEN,
-        "PYTHONUNBUFFERED": "1",
-    }
-    server = Server(config_path, tmp_path / "server.log", env, free_port())
-    server.start()
     try:
-        yield Run(server, gate, codebuild_double, github_api, gitlab_api)
+        endpoint = {"AWS_ENDPOINT_URL_SECRETS_MANAGER": gate.url}
+        with serve(tmp_path, aws_env, github_api, gitlab_api, text, extra_env=endpoint) as server:
+            yield Run(server, gate, codebuild_double, github_api, gitlab_api)
     finally:
-        server.stop_hard()
         gate.close()
 
 
