@@ -16,9 +16,20 @@ from dataclasses import dataclass
 from bridge import events, routing
 from bridge.config import Config, Route
 from bridge.core.trust import AwaitingApproval, Grant, TrustFacts, decide
-from bridge.model import EventKind, Ignored, SourceEvent
+from bridge.model import BuildRequest, EventKind, Ignored, SourceEvent
+from bridge.plan import plan_build
 
-__all__ = ["Accepted", "Outcome", "RerunRefused", "admit_rerun", "delivery_key", "intake", "route_named"]
+__all__ = [
+    "Accepted",
+    "Outcome",
+    "RerunRefused",
+    "admit_rerun",
+    "delivery_key",
+    "idempotency_seed",
+    "intake",
+    "route_named",
+    "start_request",
+]
 
 # The build being re-run: (route name, the event it built), or None when this bridge never built it.
 OriginalBuild = Callable[[SourceEvent], "tuple[str, SourceEvent] | None"]
@@ -50,6 +61,23 @@ def delivery_key(provider: str, delivery_id: str) -> str:
     """The de-duplication key (and idempotency seed) of a delivery: ids are namespaced per provider, so
     no delivery of one provider can make a delivery of the other a "duplicate" (and so never built)."""
     return f"{provider}:{delivery_id}"
+
+
+def idempotency_seed(delivery_id: str, route_name: str) -> str:
+    """The same delivery on the same route always plans the same token; anything else never does."""
+    return f"delivery/{delivery_id}/{route_name}"
+
+
+def start_request(event: SourceEvent, route: Route, grant: Grant, delivery_key: str) -> BuildRequest:
+    """The StartBuild request for an admitted delivery (`delivery_key` as delivery_key() makes it):
+    what the worker sends and, byte for byte, what `bridge plan` prints."""
+    return plan_build(
+        event,
+        routing.build_options(route, event),
+        grant=grant,
+        idempotency_seed=idempotency_seed(delivery_key, route.name),
+        delivery_id=delivery_key,
+    )
 
 
 def route_named(config: Config, name: str) -> Route | None:

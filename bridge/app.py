@@ -518,10 +518,15 @@ def create_app(
                 )
             _require_json_content_type(ctx.environ, "set the webhook's Content type to application/json")
             payload = _json_object(body)
-            command = events.github_approval(ctx.event, payload, command=settings.approval_command)
-            if command is not None:
-                return approve(ctx, command)
-            result = events.from_github(ctx.event, payload, api_url=settings.api_url)
+            result = events.parse_delivery(
+                "github",
+                ctx.event,
+                payload,
+                api_url=settings.api_url,
+                approval_command=settings.approval_command,
+            )
+            if isinstance(result, ApprovalCommand):
+                return approve(ctx, result)
             repository = _named(payload, "repository", "full_name")
             return accept(ctx, result, ctx.delivery, ctx.event, repository, scopes=scopes)
 
@@ -571,10 +576,12 @@ def create_app(
             ctx.delivery = gitlab_delivery_id(headers, signed_id, body)
             payload = _json_object(body)
             try:
-                command = events.gitlab_approval(ctx.event, payload, command=settings.approval_command)
-                if command is not None:
-                    return gitlab_approve(ctx, command)
-                result = events.from_gitlab(ctx.event, payload)
+                parsed = events.parse_delivery(
+                    "gitlab", ctx.event, payload, approval_command=settings.approval_command
+                )
+                if isinstance(parsed, ApprovalCommand):
+                    return gitlab_approve(ctx, parsed)
+                result = parsed
             except BadRequestError as exc:
                 # Verified, but not in a shape we know: refusing it would count towards disabling the hook.
                 log.warning(

@@ -25,6 +25,8 @@ from bridge.logs import LOG_FORMATS
 
 if TYPE_CHECKING:
     from bridge.config import Config
+    from bridge.queue import DeliveryQueue
+    from bridge.store import StateStore
 
 DEFAULT_CONFIG: Final = "bridge.toml"
 CONFIG_ENV: Final = "BRIDGE_CONFIG"
@@ -149,13 +151,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from bridge import events, routing
-    from bridge.admission import delivery_key, intake
+    """What the server would do with this delivery, through the server's own functions: the same
+    reading of the payload (events.parse_delivery), decision (admission.intake) and StartBuild request
+    (admission.start_request). Only an approval is not judged: that asks the provider's API who the
+    approver is, and plan calls no API."""
+    from bridge import events
+    from bridge.admission import delivery_key, intake, start_request
     from bridge.config import load_config
+    from bridge.core.approval import ApprovalCommand
     from bridge.core.trust import AwaitingApproval
     from bridge.model import Ignored
-    from bridge.plan import plan_build
-    from bridge.worker import idempotency_seed
 
     path = _config_path(args.config)
     _require_config_file(path)
@@ -173,14 +178,25 @@ def _plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not isinstance(payload, dict):
         raise InputError("--payload", "must hold a JSON object", hint="pass the webhook body as saved")
 
+    settings = config.github if args.provider == "github" else config.gitlab
     try:
-        if args.provider == "github":
-            api_url = config.github.api_url if config.github is not None else None
-            result = events.from_github(args.event, payload, api_url=api_url)
-        else:
-            result = events.from_gitlab(args.event, payload)
+        result = events.parse_delivery(
+            args.provider,
+            args.event,
+            payload,
+            api_url=config.github.api_url if config.github is not None else None,
+            approval_command=settings.approval_command if settings is not None else None,
+        )
     except BadRequestError as exc:  # a payload of the wrong shape is the user's input, as the file is
         raise InputError("--payload", exc.message, hint=exc.hint or None) from None
+    if isinstance(result, ApprovalCommand):
+        reason = (
+            f"approval of {result.label} by {result.by}: the server asks {args.provider}'s API whether "
+            f"{result.by} may approve, then builds the head as the route allows"
+        )
+        json.dump({"approval": reason}, out, indent=2)
+        out.write("\n")
+        return EXIT_IGNORED
     approved: str | None = args.approved_sha
     # The server's own intake: the same host check, route and trust decision as a real delivery.
     outcome = intake(config, result, approved_sha=lambda event: approved)
@@ -189,27 +205,23 @@ def _plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         json.dump({"waiting": outcome.reason}, out, indent=2)
         out.write("\n")
         return EXIT_IGNORED
-    if not isinstance(outcome, Ignored):
-        key = delivery_key(args.provider, args.delivery_id)  # the server's key for this delivery
-        request = plan_build(
-            outcome.event,
-            routing.build_options(outcome.route, outcome.event),
-            grant=outcome.grant,
-            idempotency_seed=idempotency_seed(key, outcome.route.name),
-            delivery_id=key,
-        )
-        print(f"route: {outcome.route.name}", file=err)
-        for line in outcome.grant.describe():
-            print(f"grant: {line}", file=err)
-        if request.image_uri:
-            print(f"image: {request.image_uri}", file=err)
-        # The JSON is exactly StartBuild's input: `aws codebuild start-build --cli-input-json` takes it.
-        json.dump(dict(request.start_build_kwargs), out, indent=2, sort_keys=True)
+    if isinstance(outcome, Ignored):
+        json.dump({"ignored": outcome.reason}, out, indent=2)
         out.write("\n")
-        return 0
-    json.dump({"ignored": outcome.reason}, out, indent=2)
+        return EXIT_IGNORED
+    # The server's key for this delivery, so the idempotency token is the one the worker would send.
+    request = start_request(
+        outcome.event, outcome.route, outcome.grant, delivery_key(args.provider, args.delivery_id)
+    )
+    print(f"route: {outcome.route.name}", file=err)
+    for line in outcome.grant.describe():
+        print(f"grant: {line}", file=err)
+    if request.image_uri:
+        print(f"image: {request.image_uri}", file=err)
+    # The JSON is exactly StartBuild's input: `aws codebuild start-build --cli-input-json` takes it.
+    json.dump(dict(request.start_build_kwargs), out, indent=2, sort_keys=True)
     out.write("\n")
-    return EXIT_IGNORED
+    return 0
 
 
 # -- check-config ---------------------------------------------------------------------------------
@@ -237,19 +249,28 @@ def _check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
-def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """What became of a delivery (by id) or of a commit's deliveries (by SHA or its start)."""
-    from bridge.operator_page import delivery_detail, delivery_lines, detail_lines, overview
+def _server_state(option: str | None, hint: str) -> tuple[StateStore, DeliveryQueue | None]:
+    """The store (and queue) of the server that runs with this config, for `status` and `redeliver`;
+    a missing SQLite file means that server never ran here (opening it would create an empty one)."""
     from bridge.services import shared_state
 
-    config = _serve_config(args.config)
+    config = _serve_config(option)
     if config.store.backend != "dynamodb" and not config.server.state_path.exists():
         raise ConfigError(
             f"no state file at {config.server.state_path}: this server has recorded nothing yet",
             key="server.state_path",
-            hint="pass the --config the server runs with (bridge demo prints its own)",
+            hint=hint,
         )
-    store, _queue = shared_state(config)
+    return shared_state(config)
+
+
+def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """What became of a delivery (by id) or of a commit's deliveries (by SHA or its start)."""
+    from bridge.operator_page import delivery_detail, delivery_lines, detail_lines, overview
+
+    store, _queue = _server_state(
+        args.config, "pass the --config the server runs with (bridge demo prints its own)"
+    )
     try:
         target = args.target.strip()
         detail = delivery_detail(store, target)
@@ -278,16 +299,7 @@ def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _redeliver(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Start a delivery whose start failed again, from the store the server runs with: what GitHub's
     Redeliver does, for GitLab and for deliveries GitHub no longer lists."""
-    from bridge.services import shared_state
-
-    config = _serve_config(args.config)
-    if config.store.backend != "dynamodb" and not config.server.state_path.exists():
-        raise ConfigError(
-            f"no state file at {config.server.state_path}: this server has recorded nothing yet",
-            key="server.state_path",
-            hint="pass the --config the server runs with",
-        )
-    store, queue = shared_state(config)
+    store, queue = _server_state(args.config, "pass the --config the server runs with")
     try:
         given = args.delivery_id.strip()
         # Stored keys are per provider (github:ID, gitlab:ID); the provider's own id is accepted too.

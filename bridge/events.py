@@ -855,3 +855,32 @@ def gitlab_approval(
         project_id=root.obj("project").integer("id"),
         change=change,
     )
+
+
+def parse_delivery(
+    provider: Provider,
+    event_name: str,
+    payload: Mapping[str, Any],
+    *,
+    api_url: str | None = None,
+    approval_command: str | None = None,
+) -> ApprovalCommand | SourceEvent | Ignored:
+    """What one delivery asks for: a maintainer's approval, an event to build, or why neither.
+
+    The server's webhook handlers and `bridge plan` both read a delivery through this, so a comment
+    or button is taken for an approval (or refused as one) the same way by both. `approval_command`
+    None: the provider is not configured, and nothing approves.
+    """
+    if provider == "github":
+        command = (
+            github_approval(event_name, payload, command=approval_command)
+            if approval_command is not None
+            else None
+        )
+        return command if command is not None else from_github(event_name, payload, api_url=api_url)
+    command = (
+        gitlab_approval(event_name, payload, command=approval_command)
+        if approval_command is not None
+        else None
+    )
+    return command if command is not None else from_gitlab(event_name, payload)

@@ -43,7 +43,7 @@ from typing import Any, Final
 
 import botocore.exceptions
 
-from bridge.admission import RerunRefused, admit_rerun
+from bridge.admission import RerunRefused, admit_rerun, start_request
 from bridge.builders.base import Builder
 from bridge.core.activity import status_record
 from bridge.core.approval import DEFAULT_COMMAND, awaiting_status, built_by_approval
@@ -51,7 +51,6 @@ from bridge.core.trust import AwaitingApproval, TrustFacts, decide, granted
 from bridge.errors import BridgeError, ConfigError, CredentialsError, SecretError
 from bridge.model import BuildRecord, BuildRequest, BuildStatus, SourceEvent
 from bridge.pace import Pacer
-from bridge.plan import plan_build
 from bridge.poll import Backoff
 from bridge.queue import Job
 from bridge.services import Services, StatusReporter
@@ -74,11 +73,6 @@ LEASE_ATTEMPTS: Final = 30  # an event waits out a poll's lease (~6 s) on anothe
 # GitHub write costs a second of the App's write budget. State changes are always reported.
 PHASE_REPORT_INTERVAL_SECONDS: Final = 10.0
 _STATE_RANK: Final = {"queued": 0, "in_progress": 1, "completed": 2}
-
-
-def idempotency_seed(delivery_id: str, route_name: str) -> str:
-    """The same delivery on the same route always plans the same token; anything else never does."""
-    return f"delivery/{delivery_id}/{route_name}"
 
 
 def state_key(status: BuildStatus) -> str:
@@ -434,13 +428,7 @@ class Worker:
                 self._queue.done(job)
                 return None
             grant = granted(event, route, TrustFacts.of(event, approved_sha=approved))
-            request = plan_build(
-                event,
-                services.build_options(route, event),
-                grant=grant,
-                idempotency_seed=idempotency_seed(delivery_id, route_name),
-                delivery_id=delivery_id,
-            )
+            request = start_request(event, route, grant, delivery_id)
             builder = services.builder_for(route)
             record = None
             if pending.last_error is not None and (

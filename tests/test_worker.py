@@ -17,6 +17,7 @@ import boto3
 import pytest
 
 from bridge import events, routing
+from bridge.admission import idempotency_seed
 from bridge.builders.base import Builder, LogTail
 from bridge.config import Config, Route
 from bridge.model import BuildRecord, BuildRequest, BuildStatus, Ignored, SourceEvent
@@ -31,7 +32,6 @@ from bridge.worker import (
     PHASE_REPORT_INTERVAL_SECONDS,
     POLL_LEASE_SECONDS,
     Worker,
-    idempotency_seed,
     record_from_event,
     retry_delay,
     state_key,

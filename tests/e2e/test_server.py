@@ -28,10 +28,9 @@ import boto3
 import pytest
 
 from bridge import events, routing
-from bridge.admission import Accepted, delivery_key, intake
+from bridge.admission import Accepted, delivery_key, idempotency_seed, intake
 from bridge.config import parse_config
 from bridge.plan import plan_build
-from bridge.worker import idempotency_seed
 from tests.e2e.support import (
     GITHUB_OLD_SECRET,
     GITHUB_SECRET,
