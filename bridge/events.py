@@ -1,7 +1,7 @@
 """Webhook payloads and the Actions context → one normalized SourceEvent (or an Ignored reason).
 
 Pure: values in, values out. A webhook body is attacker-shaped input even after its signature
-verifies (a misbehaving proxy, an old GitHub Enterprise), so every field is read through `_Fields`,
+verifies (a misbehaving proxy, an old GitHub Enterprise), so every field is read through `Fields`,
 which turns a missing key or a wrong type into a BadRequestError (HTTP 400) naming the key —
 never a KeyError or TypeError that would surface as a 500 and make the provider retry forever.
 
@@ -12,213 +12,45 @@ Choices worth knowing:
 - A GitHub release carries no commit, only `target_commitish` (usually a branch name, which moves).
   A release is built only when that is a commit SHA; otherwise it is Ignored, because the tag push
   that came with the release already builds the tag at its exact commit.
-- GitLab merge request statuses live on the source project (where the commit is), so `project_id`
-  is the MR's `source_project_id`.
+GitLab's payloads are read in bridge.gitlab_events; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.core.approval import ApprovalCommand, matches_command, number_of_action
-from bridge.errors import BadRequestError, InputError
+from bridge.errors import InputError
+from bridge.event_fields import (
+    APPROVED_ACTION,
+    BRANCH_PREFIX,
+    COMMIT_SHA,
+    GITHUB_BUILD_ACTIONS,
+    GITLAB_EVENT_HEADERS,
+    TAG_PREFIX,
+    Fields,
+    is_deleted_sha,
+    site_root,
+    split_ref,
+)
+from bridge.gitlab_events import from_gitlab, gitlab_approval
 from bridge.model import EventKind, Ignored, Provider, SourceEvent
 
 __all__ = [
+    "GITHUB_BUILD_ACTIONS",
+    "GITLAB_EVENT_HEADERS",
     "from_actions",
     "from_github",
     "from_gitlab",
     "github_approval",
     "github_pull_request_from_api",
     "gitlab_approval",
+    "parse_delivery",
 ]
-
-# SHA-1 object ids, and SHA-256 ones for repositories created with --object-format=sha256.
-_COMMIT_SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
-_ZERO_SHA = re.compile(r"0+")
-
-_BRANCH_PREFIX = "refs/heads/"
-_TAG_PREFIX = "refs/tags/"
-
-GITHUB_BUILD_ACTIONS = frozenset({"opened", "synchronize", "reopened", "ready_for_review"})
-GITLAB_BUILD_ACTIONS = frozenset({"open", "reopen"})
-
-# GitLab names an event twice: X-Gitlab-Event ("Push Hook") and the body's object_kind ("push").
-# Both are accepted wherever an event is named (the webhook header, `bridge plan --event`).
-GITLAB_EVENT_HEADERS: dict[str, str] = {
-    "push": "Push Hook",
-    "tag_push": "Tag Push Hook",
-    "merge_request": "Merge Request Hook",
-    "note": "Note Hook",
-    "issue": "Issue Hook",
-    "pipeline": "Pipeline Hook",
-    "build": "Job Hook",
-    "job": "Job Hook",
-    "deployment": "Deployment Hook",
-    "release": "Release Hook",
-    "wiki_page": "Wiki Page Hook",
-}
-
-
-# Not frozen, like the other two helpers here: a frozen dataclass sets each field through
-# object.__setattr__, and a push delivery makes half a dozen of these, each read once.
-@dataclass(slots=True)
-class _Fields:
-    """A JSON object plus where it sits in the payload, so an error names the exact key."""
-
-    data: Mapping[str, Any]
-    path: str
-    provider: Provider
-    event: str
-
-    @classmethod
-    def root(cls, payload: object, provider: Provider, event: str) -> _Fields:
-        if not isinstance(payload, Mapping):
-            raise BadRequestError(
-                f"{_label(provider)} '{event}' payload must be a JSON object, got {_json_type(payload)}",
-                hint=_hint(provider),
-            )
-        return cls(payload, "", provider, event)
-
-    def _where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def _bad(self, key: str, expected: str, value: object) -> BadRequestError:
-        found = "nothing" if value is None and key not in self.data else _json_type(value)
-        return BadRequestError(
-            f"{_label(self.provider)} '{self.event}' payload: '{self._where(key)}' must be {expected}, "
-            f"got {found}",
-            hint=_hint(self.provider),
-        )
-
-    def obj(self, key: str) -> _Fields:
-        value = self.data.get(key)
-        if not isinstance(value, Mapping):
-            raise self._bad(key, "an object", value)
-        return _Fields(value, self._where(key), self.provider, self.event)
-
-    def maybe_obj(self, key: str) -> _Fields | None:
-        return None if self.data.get(key) is None else self.obj(key)
-
-    def text(self, key: str) -> str:
-        value = self.data.get(key)
-        if not isinstance(value, str) or not value:
-            raise self._bad(key, "a non-empty string", value)
-        return value
-
-    def maybe_text(self, key: str) -> str | None:
-        value = self.data.get(key)
-        if value is None or value == "":
-            return None
-        return self.text(key)
-
-    def integer(self, key: str) -> int:
-        value = self.data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._bad(key, "an integer", value)
-        return value
-
-    def flag(self, key: str) -> bool:
-        """A boolean that is false when absent (GitHub and GitLab omit some on older versions)."""
-        value = self.data.get(key)
-        if value is None:
-            return False
-        if not isinstance(value, bool):
-            raise self._bad(key, "true or false", value)
-        return value
-
-    def objects(self, key: str) -> list[_Fields]:
-        """A list of objects; absent counts as empty."""
-        value = self.data.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise self._bad(key, "a list", value)
-        where = self._where(key)
-        items: list[_Fields] = []
-        for index, item in enumerate(value):
-            if not isinstance(item, Mapping):
-                raise BadRequestError(
-                    f"{_label(self.provider)} '{self.event}' payload: '{where}[{index}]' must be an object, "
-                    f"got {_json_type(item)}",
-                    hint=_hint(self.provider),
-                )
-            items.append(_Fields(item, f"{where}[{index}]", self.provider, self.event))
-        return items
-
-    def sha(self, key: str) -> str:
-        value = self.text(key)
-        if not _COMMIT_SHA.fullmatch(value):
-            raise BadRequestError(
-                f"{_label(self.provider)} '{self.event}' payload: '{self._where(key)}' must be a "
-                "lowercase 40-hex-digit commit SHA",
-                hint=_hint(self.provider),
-            )
-        return value
-
-
-def _label(provider: Provider) -> str:
-    return "GitHub" if provider == "github" else "GitLab"
-
-
-def _hint(provider: Provider) -> str:
-    if provider == "github":
-        return (
-            "deliver the body GitHub sent, unchanged, with content type application/json "
-            "(repository Settings → Webhooks → Content type)"
-        )
-    return "deliver the body GitLab sent, unchanged; the field is part of every delivery of this event"
-
-
-def _json_type(value: object) -> str:
-    """Names the JSON type found, never the value: payload text does not belong in messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string" if value else "an empty string"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
-
-
-def _is_deleted_sha(sha: str) -> bool:
-    return bool(_ZERO_SHA.fullmatch(sha))
-
-
-def _split_ref(ref: str) -> tuple[EventKind, str] | None:
-    """refs/heads/x → ("push", "x"); refs/tags/v1 → ("tag", "v1"); anything else → None."""
-    if ref.startswith(_BRANCH_PREFIX) and len(ref) > len(_BRANCH_PREFIX):
-        return "push", ref.removeprefix(_BRANCH_PREFIX)
-    if ref.startswith(_TAG_PREFIX) and len(ref) > len(_TAG_PREFIX):
-        return "tag", ref.removeprefix(_TAG_PREFIX)
-    return None
-
-
-def _site_root(web_url: str | None, path: str) -> str | None:
-    """The instance URL: web_url minus the trailing project path, which keeps a relative URL root
-    (https://host/gitlab) that scheme+host alone would lose."""
-    if not web_url:
-        return None
-    parts = urlsplit(web_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return None
-    suffix = "/" + path.strip("/")
-    trimmed = web_url.rstrip("/")
-    if trimmed.lower().endswith(suffix.lower()):
-        return trimmed[: -len(suffix)]
-    return f"{parts.scheme}://{parts.netloc}"
-
 
 # ---------------------------------------------------------------------------------------- GitHub
 
@@ -240,10 +72,10 @@ def _github_api_url(server_url: str) -> str:
     return server_url.rstrip("/") + "/api/v3"
 
 
-def _github_site(root: _Fields, server_url: str, api_url: str | None) -> _GitHubSite:
+def _github_site(root: Fields, server_url: str, api_url: str | None) -> _GitHubSite:
     repo = root.obj("repository")
     full_name = repo.text("full_name")
-    server = _site_root(repo.maybe_text("html_url"), full_name) or server_url.rstrip("/")
+    server = site_root(repo.maybe_text("html_url"), full_name) or server_url.rstrip("/")
     # Push deliveries put the html URL in repository.url; every other event puts the API URL.
     repo_api = repo.maybe_text("url")
     marker = "/repos/" + full_name
@@ -263,15 +95,15 @@ def _github_site(root: _Fields, server_url: str, api_url: str | None) -> _GitHub
     )
 
 
-def _github_push(root: _Fields, server_url: str, api_url: str | None) -> SourceEvent | Ignored:
+def _github_push(root: Fields, server_url: str, api_url: str | None) -> SourceEvent | Ignored:
     ref = root.text("ref")
     after = root.text("after")
-    split = _split_ref(ref)
+    split = split_ref(ref)
     if split is None:
         return Ignored(f"push to {ref!r}: neither a branch nor a tag")
     kind, name = split
     what = "branch" if kind == "push" else "tag"
-    if root.flag("deleted") or _is_deleted_sha(after):
+    if root.flag("deleted") or is_deleted_sha(after):
         return Ignored(f"{what} {name!r} deleted")
     sha = root.sha("after")
     head_commit = root.maybe_obj("head_commit")
@@ -297,13 +129,13 @@ def _github_push(root: _Fields, server_url: str, api_url: str | None) -> SourceE
     )
 
 
-def _default_branch(root: _Fields) -> str | None:
+def _default_branch(root: Fields) -> str | None:
     """The branch whose layer cache a new branch's first build starts from (bridge.core.cache)."""
     repository = root.maybe_obj("repository")
     return repository.maybe_text("default_branch") if repository is not None else None
 
 
-def _github_pull_request(root: _Fields, event_name: str, site: _GitHubSite) -> SourceEvent:
+def _github_pull_request(root: Fields, event_name: str, site: _GitHubSite) -> SourceEvent:
     """The PR head commit, from the head repository. When the fork is gone, the head commit still
     lives in the base repository under refs/pull/N/head, so the base clone URL serves."""
     pr = root.obj("pull_request")
@@ -345,12 +177,12 @@ def _github_pull_request(root: _Fields, event_name: str, site: _GitHubSite) -> S
     )
 
 
-def _optional_action(root: _Fields) -> str | None:
+def _optional_action(root: Fields) -> str | None:
     action = root.data.get("action")
     return action if isinstance(action, str) and action else None
 
 
-def _github_pull_request_hook(root: _Fields, server_url: str, api_url: str | None) -> SourceEvent | Ignored:
+def _github_pull_request_hook(root: Fields, server_url: str, api_url: str | None) -> SourceEvent | Ignored:
     action = root.text("action")
     if action not in GITHUB_BUILD_ACTIONS:
         return Ignored(f"pull_request action {action!r} does not change the code to build")
@@ -361,8 +193,8 @@ def _github_pull_request_hook(root: _Fields, server_url: str, api_url: str | Non
 
 
 def _github_rerun(
-    root: _Fields,
-    suite: _Fields | None,
+    root: Fields,
+    suite: Fields | None,
     site: _GitHubSite,
     *,
     event_name: str,
@@ -375,7 +207,7 @@ def _github_rerun(
     if pr_number is not None:
         ref: str | None = f"refs/pull/{pr_number}/head"
     else:
-        ref = f"{_BRANCH_PREFIX}{branch}" if branch else None
+        ref = f"{BRANCH_PREFIX}{branch}" if branch else None
     return SourceEvent(
         provider="github",
         kind="rerun",
@@ -395,7 +227,7 @@ def _github_rerun(
     )
 
 
-def _github_check_run(root: _Fields, server_url: str, api_url: str | None) -> SourceEvent | Ignored:
+def _github_check_run(root: Fields, server_url: str, api_url: str | None) -> SourceEvent | Ignored:
     action = root.text("action")
     if action != "rerequested":
         return Ignored(f"check_run action {action!r} does not ask for a build")
@@ -413,7 +245,7 @@ def _github_check_run(root: _Fields, server_url: str, api_url: str | None) -> So
     )
 
 
-def _github_check_suite(root: _Fields, server_url: str, api_url: str | None) -> SourceEvent | Ignored:
+def _github_check_suite(root: Fields, server_url: str, api_url: str | None) -> SourceEvent | Ignored:
     action = root.text("action")
     if action != "rerequested":
         return Ignored(f"check_suite action {action!r} does not ask for a build")
@@ -429,14 +261,14 @@ def _github_check_suite(root: _Fields, server_url: str, api_url: str | None) -> 
     )
 
 
-def _github_release(root: _Fields, server_url: str, api_url: str | None) -> SourceEvent | Ignored:
+def _github_release(root: Fields, server_url: str, api_url: str | None) -> SourceEvent | Ignored:
     action = root.text("action")
     if action != "published":
         return Ignored(f"release action {action!r} does not ask for a build")
     release = root.obj("release")
     tag = release.text("tag_name")
     target = release.maybe_text("target_commitish")
-    if target is None or not _COMMIT_SHA.fullmatch(target):
+    if target is None or not COMMIT_SHA.fullmatch(target):
         return Ignored(
             f"release {tag!r} names no commit (target_commitish is a branch); the tag push builds the tag"
         )
@@ -449,7 +281,7 @@ def _github_release(root: _Fields, server_url: str, api_url: str | None) -> Sour
         repository=site.repository,
         clone_url=site.clone_url,
         sha=target,
-        ref=f"{_TAG_PREFIX}{tag}",
+        ref=f"{TAG_PREFIX}{tag}",
         server_url=site.server_url,
         tag=tag,
         api_url=site.api_url,
@@ -458,7 +290,7 @@ def _github_release(root: _Fields, server_url: str, api_url: str | None) -> Sour
     )
 
 
-_GitHubHandler = Callable[[_Fields, str, str | None], SourceEvent | Ignored]
+_GitHubHandler = Callable[[Fields, str, str | None], SourceEvent | Ignored]
 
 _GITHUB_HANDLERS: dict[str, _GitHubHandler] = {
     "push": _github_push,
@@ -486,7 +318,7 @@ def from_github(
     handler = _GITHUB_HANDLERS.get(event_name)
     if handler is None:
         return Ignored(f"GitHub event {event_name!r} does not trigger builds")
-    return handler(_Fields.root(payload, "github", event_name), server_url, api_url)
+    return handler(Fields.root(payload, "github", event_name), server_url, api_url)
 
 
 # --------------------------------------------------------------------------------- GitHub Actions
@@ -509,12 +341,12 @@ def from_actions(env: Mapping[str, str], payload: Mapping[str, Any]) -> SourceEv
     event_name = _actions_env(env, "GITHUB_EVENT_NAME")
     repository = _actions_env(env, "GITHUB_REPOSITORY")
     sha = _actions_env(env, "GITHUB_SHA")
-    if not _COMMIT_SHA.fullmatch(sha):
+    if not COMMIT_SHA.fullmatch(sha):
         raise InputError("GITHUB_SHA", "is not a 40-hex-digit commit SHA", hint=_ACTIONS_HINT)
     ref = env.get("GITHUB_REF") or None
     server_url = (env.get("GITHUB_SERVER_URL") or "https://github.com").rstrip("/")
     api_url = (env.get("GITHUB_API_URL") or _github_api_url(server_url)).rstrip("/")
-    root = _Fields.root(payload, "github", event_name)
+    root = Fields.root(payload, "github", event_name)
     sender_obj = root.maybe_obj("sender")
     sender = env.get("GITHUB_ACTOR") or (sender_obj.maybe_text("login") if sender_obj else None)
     site = _GitHubSite(
@@ -534,7 +366,7 @@ def from_actions(env: Mapping[str, str], payload: Mapping[str, Any]) -> SourceEv
             event = dataclasses.replace(event, is_fork=True, head_repository=None)
         return event
 
-    split = _split_ref(ref) if ref else None
+    split = split_ref(ref) if ref else None
     kind: EventKind = "manual"
     tag = split[1] if split and split[0] == "tag" else None
     if event_name == "push" and split:
@@ -562,7 +394,7 @@ def from_actions(env: Mapping[str, str], payload: Mapping[str, Any]) -> SourceEv
     )
 
 
-def _workflow_run_head(root: _Fields, repository: str) -> dict[str, Any]:
+def _workflow_run_head(root: Fields, repository: str) -> dict[str, Any]:
     """Where the run that triggered this workflow_run took its code: a fork's pull request run
     makes the workflow_run (which has the repository's secrets) carry fork code, in its artifacts and
     its head_sha, which a workflow may check out and build."""
@@ -577,152 +409,6 @@ def _workflow_run_head(root: _Fields, repository: str) -> dict[str, Any]:
         "is_fork": name.lower() != repository.lower(),
         "pr_number": next((n for n in numbers if isinstance(n, int)), None),
     }
-
-
-# ---------------------------------------------------------------------------------------- GitLab
-
-
-@dataclass(slots=True)
-class _GitLabProject:
-    id: int
-    path: str
-    server_url: str
-    clone_url: str
-
-
-def _gitlab_project(fields: _Fields) -> _GitLabProject:
-    path = fields.text("path_with_namespace")
-    web_url = fields.text("web_url")
-    server = _site_root(web_url, path)
-    if server is None:
-        raise BadRequestError(
-            f"GitLab '{fields.event}' payload: '{fields._where('web_url')}' must be an http(s) URL",
-            hint=_hint("gitlab"),
-        )
-    return _GitLabProject(
-        id=fields.integer("id"), path=path, server_url=server, clone_url=fields.text("git_http_url")
-    )
-
-
-def _gitlab_push(root: _Fields) -> SourceEvent | Ignored:
-    ref = root.text("ref")
-    after = root.text("after")
-    split = _split_ref(ref)
-    if split is None:
-        return Ignored(f"push to {ref!r}: neither a branch nor a tag")
-    kind, name = split
-    if _is_deleted_sha(after):
-        return Ignored(f"{'branch' if kind == 'push' else 'tag'} {name!r} deleted")
-    # checkout_sha is the commit a tag points at (after is the tag object for annotated tags).
-    sha = root.sha("checkout_sha") if root.data.get("checkout_sha") is not None else root.sha("after")
-    project = _gitlab_project(root.obj("project"))
-    return SourceEvent(
-        provider="gitlab",
-        kind=kind,
-        event_name=root.event,
-        action=None,
-        repository=project.path,
-        clone_url=project.clone_url,
-        sha=sha,
-        ref=ref,
-        server_url=project.server_url,
-        branch=name if kind == "push" else None,
-        tag=name if kind == "tag" else None,
-        api_url=project.server_url + "/api/v4",
-        project_id=project.id,
-        source_project_id=project.id,
-        sender=root.maybe_text("user_username"),
-    )
-
-
-_GITLAB_PUBLIC: Final = 20
-
-
-def _gitlab_merge_request(root: _Fields) -> SourceEvent | Ignored:
-    attrs = root.obj("object_attributes")
-    action = attrs.text("action")
-    iid = attrs.integer("iid")
-    if action == "update":
-        if attrs.maybe_text("oldrev") is None and not _marked_ready(root):
-            return Ignored(f"merge request !{iid} updated without new commits")
-    elif action not in GITLAB_BUILD_ACTIONS:
-        return Ignored(f"merge request action {action!r} does not change the code to build")
-    return _gitlab_change(root, attrs, action)
-
-
-def _gitlab_change(root: _Fields, attrs: _Fields, action: str) -> SourceEvent | Ignored:
-    """A merge request's head, from a Merge Request Hook's object_attributes or a Note Hook's
-    merge_request (the same fields)."""
-    iid = attrs.integer("iid")
-    sha = attrs.obj("last_commit").sha("id")
-    source = attrs.maybe_obj("source")
-    if source is None:
-        return Ignored(f"merge request !{iid}: its source project was deleted")
-    source_path = source.text("path_with_namespace")
-    has_visibility = source.data.get("visibility_level") is not None
-    visibility = source.integer("visibility_level") if has_visibility else None
-    source_project_id = attrs.integer("source_project_id")
-    target_project_id = attrs.integer("target_project_id")
-    project = _gitlab_project(root.obj("project"))
-    target = attrs.maybe_obj("target")
-    user = root.maybe_obj("user")
-    return SourceEvent(
-        provider="gitlab",
-        kind="merge_request",
-        event_name=root.event,
-        action=action,
-        repository=project.path,
-        clone_url=source.text("git_http_url"),
-        sha=sha,
-        ref=f"refs/merge-requests/{iid}/head",
-        server_url=project.server_url,
-        branch=attrs.text("source_branch"),
-        pr_number=iid,
-        base_branch=attrs.text("target_branch"),
-        base_repository=target.text("path_with_namespace") if target else project.path,
-        head_repository=source_path,
-        is_fork=source_project_id != target_project_id,
-        is_draft=attrs.flag("draft") or attrs.flag("work_in_progress"),
-        # 0 private, 10 internal, 20 public: only a public project clones without a token.
-        source_private=visibility is not None and visibility != _GITLAB_PUBLIC,
-        api_url=project.server_url + "/api/v4",
-        project_id=source_project_id,
-        source_project_id=source_project_id,
-        sender=user.maybe_text("username") if user else None,
-    )
-
-
-def _marked_ready(root: _Fields) -> bool:
-    """A draft merge request marked ready: GitLab sends an update with no new commits, GitHub a
-    `ready_for_review` action, and both build it (a route skips drafts unless `drafts = true`)."""
-    changes = root.maybe_obj("changes")
-    if changes is None:
-        return False
-    for key in ("draft", "work_in_progress"):  # work_in_progress: GitLab before 13.x
-        change = changes.maybe_obj(key)
-        if change is not None and change.flag("previous") and not change.flag("current"):
-            return True
-    return False
-
-
-_GITLAB_HANDLERS: dict[str, Callable[[_Fields], SourceEvent | Ignored]] = {
-    "Push Hook": _gitlab_push,
-    "Tag Push Hook": _gitlab_push,
-    "Merge Request Hook": _gitlab_merge_request,
-}
-
-
-def from_gitlab(event_header: str, payload: Mapping[str, Any]) -> SourceEvent | Ignored:
-    """A GitLab webhook delivery (X-Gitlab-Event or its short name, parsed JSON body) → what to
-    build, or why not."""
-    event_header = GITLAB_EVENT_HEADERS.get(event_header, event_header)
-    handler = _GITLAB_HANDLERS.get(event_header)
-    if handler is None:
-        return Ignored(
-            f"GitLab event {event_header!r} does not trigger builds (builds come from push, tag_push and"
-            " merge_request: Push Hook, Tag Push Hook, Merge Request Hook)"
-        )
-    return handler(_Fields.root(payload, "gitlab", event_header))
 
 
 def inherit_rerun(rerun: SourceEvent, original: SourceEvent) -> SourceEvent:
@@ -745,8 +431,6 @@ def inherit_rerun(rerun: SourceEvent, original: SourceEvent) -> SourceEvent:
 
 # ------------------------------------------------------------------------------ approval commands
 
-APPROVED_ACTION = "approved"  # the action of a change event made from an approval
-
 
 def github_approval(
     event_name: str, payload: Mapping[str, Any], *, command: str
@@ -754,7 +438,7 @@ def github_approval(
     """A maintainer's approval (an `issue_comment` on a pull request, or the check run's approve
     button), or why this comment or button approves nothing; None for every other event."""
     if event_name == "issue_comment":
-        root = _Fields.root(payload, "github", event_name)
+        root = Fields.root(payload, "github", event_name)
         action = root.text("action")
         if action != "created":
             return Ignored(f"issue_comment action {action!r} approves nothing (only new comments count)")
@@ -776,7 +460,7 @@ def github_approval(
             installation_id=_installation_id(root),
         )
     if event_name == "check_run" and payload.get("action") == "requested_action":
-        root = _Fields.root(payload, "github", event_name)
+        root = Fields.root(payload, "github", event_name)
         identifier = root.obj("requested_action").text("identifier")
         button_number = number_of_action(identifier)
         if button_number is None:
@@ -793,7 +477,7 @@ def github_approval(
     return None
 
 
-def _installation_id(root: _Fields) -> int | None:
+def _installation_id(root: Fields) -> int | None:
     installation = root.maybe_obj("installation")
     return installation.integer("id") if installation else None
 
@@ -803,7 +487,7 @@ def github_pull_request_from_api(
 ) -> SourceEvent | Ignored:
     """The pull request as the REST API returns it (GET /repos/{o}/{r}/pulls/{n}) → the same event
     its webhook delivery would make: the API object and the webhook's `pull_request` share a shape."""
-    pr = _Fields.root(pull, "github", "pull_request")
+    pr = Fields.root(pull, "github", "pull_request")
     base_repo = pr.obj("base").obj("repo")
     root = {
         "action": APPROVED_ACTION,
@@ -812,49 +496,12 @@ def github_pull_request_from_api(
         "sender": {"login": sender},
         **({"installation": {"id": installation_id}} if installation_id is not None else {}),
     }
-    fields = _Fields.root(root, "github", "pull_request")
+    fields = Fields.root(root, "github", "pull_request")
     if pr.obj("head").maybe_obj("repo") is None:
         return Ignored(f"pull request #{pr.integer('number')}: its head repository was deleted")
     if pr.text("state") != "open":
         return Ignored(f"pull request #{pr.integer('number')} is {pr.text('state')}: nothing to approve")
     return _github_pull_request(fields, "pull_request", _github_site(fields, "https://github.com", api_url))
-
-
-def gitlab_approval(
-    event_header: str, payload: Mapping[str, Any], *, command: str
-) -> ApprovalCommand | Ignored | None:
-    """A Note Hook on a merge request that is the approval command, or why it approves nothing;
-    None for every other event. The note's merge request is the change, at the head the approver saw."""
-    event_header = GITLAB_EVENT_HEADERS.get(event_header, event_header)  # "note" is "Note Hook"
-    if event_header != "Note Hook":
-        return None
-    root = _Fields.root(payload, "gitlab", event_header)
-    attrs = root.obj("object_attributes")
-    kind = attrs.text("noteable_type")
-    if kind != "MergeRequest":
-        return Ignored(f"comment on a {kind}: only merge request comments approve builds")
-    merge_request = root.obj("merge_request")
-    iid = merge_request.integer("iid")
-    matched, named = matches_command(attrs.maybe_text("note") or "", command)
-    if not matched:
-        return Ignored(f"comment on !{iid} is not the approval command {command}")
-    if merge_request.maybe_text("state") not in (None, "opened"):
-        return Ignored(f"merge request !{iid} is {merge_request.text('state')}: nothing to approve")
-    change = _gitlab_change(root, merge_request, APPROVED_ACTION)
-    if isinstance(change, Ignored):
-        return change
-    user = root.obj("user")
-    return ApprovalCommand(
-        provider="gitlab",
-        via="comment",
-        repository=change.repository,
-        number=iid,
-        by=user.text("username"),
-        sha=named or change.sha,
-        user_id=user.integer("id"),
-        project_id=root.obj("project").integer("id"),
-        change=change,
-    )
 
 
 def parse_delivery(
