@@ -12,7 +12,7 @@ Choices worth knowing:
 - A GitHub release carries no commit, only `target_commitish` (usually a branch name, which moves).
   A release is built only when that is a commit SHA; otherwise it is Ignored, because the tag push
   that came with the release already builds the tag at its exact commit.
-GitLab's payloads are read in bridge.gitlab_events; both are re-exported here.
+GitLab payloads are read in bridge.gitlab_events (from_gitlab and gitlab_approval are re-exported here).
 """
 
 from __future__ import annotations

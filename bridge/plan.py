@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import string
 import uuid
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -21,156 +19,25 @@ from urllib.parse import urlsplit
 from bridge.core.cache import LOCAL_CACHE_OVERRIDE, plan_cache
 from bridge.core.platforms import is_multi, native_overrides
 from bridge.core.trust import Grant, Policy, TrustFacts, granted
+from bridge.env_vars import SECRETS_PREFIX, looks_like_credential, parse_env_vars, secrets_manager_value
 from bridge.errors import ConfigError, InputError
+from bridge.image_names import REGISTRY_HOST, compose_image_uri, render_image_tag
 from bridge.model import BuildOptions, BuildRequest, EnvVar, RegistryAuth, SourceEvent
 
-# --- environment variables -------------------------------------------------------------------------
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_RESERVED_PREFIX = "CODEBUILD_"
-_ENV_FORM = "NAME=value, NAME=secretsmanager:SECRET_ID[#json-key] or NAME=ssm:/parameter/name, one per line"
-_SECRETS_PREFIX = "secretsmanager:"
-_SSM_PREFIX = "ssm:"
-_BLANKS = " \t\r"
-# An ARN is arn:partition:secretsmanager:region:account:secret:name; more parts means CodeBuild's
-# long form (json-key, version-stage, version-id) already follows.
-_ARN_PARTS = 7
-
-# A plain value under one of these names (split on `_`) is almost certainly a pasted credential.
-_CREDENTIAL_WORDS = frozenset(
-    {"TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS"}
-    | {"APIKEY", "PAT"}
-)
-_CREDENTIAL_SUFFIXES = (
-    "API_KEY",
-    "PRIVATE_KEY",
-    "ACCESS_KEY",
-    "SECRET_KEY",
-    "AUTH_KEY",
-    "SSH_KEY",
-    "SIGNING_KEY",
-    "ENCRYPTION_KEY",
-    "LICENSE_KEY",
-    "MASTER_KEY",
-)
-# Values shaped like a known credential: GitHub, GitLab, npm, Slack and Stripe tokens, AWS access
-# key ids (long-term AKIA, temporary ASIA: exactly 20 characters), PEM private keys.
-_CREDENTIAL_VALUE = re.compile(
-    r"gh[pousr]_|github_pat_|glpat-|gldt-|glrt-|npm_|xox[abeoprs]-|[rs]k_live_"
-    r"|(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])|-----BEGIN"
-)
-
-
-def looks_like_credential(name: str, value: str) -> bool:
-    """True for a literal value that is clearly a credential, by its name or by its shape.
-
-    The one detector behind the server's route `env` tables, the Action's `env-vars` and the Python
-    API: CodeBuild shows PLAINTEXT variables to anyone who can read the build, so a credential must
-    be a `secretsmanager:`/`ssm:` reference instead. An empty value holds nothing to leak.
-    """
-    if not value:
-        return False
-    upper = name.upper()
-    return (
-        bool(set(upper.split("_")) & _CREDENTIAL_WORDS)
-        or upper.endswith(_CREDENTIAL_SUFFIXES)
-        or _CREDENTIAL_VALUE.match(value) is not None
-    )
-
-
-def parse_env_vars(
-    text: str, *, input_name: str = "env-vars", refuse_credentials: bool = True
-) -> tuple[EnvVar, ...]:
-    """Read the `env-vars` lines into typed CodeBuild variables.
-
-    Messages name the line and, once it is known to be a valid identifier, the variable; never the
-    value, which may be a secret pasted in the wrong place. A plain value that `looks_like_credential`
-    is refused (unless the caller words that refusal itself: `refuse_credentials=False`).
-    """
-    seen: dict[str, int] = {}
-    result: list[EnvVar] = []
-    # Split on newlines only (str.splitlines also splits on \x1c, \x85, ... inside values).
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip(_BLANKS)
-        if not line or line.startswith("#"):
-            continue
-        name, sep, value = line.partition("=")
-        if not sep:
-            raise InputError(input_name, f"line {number}: expected NAME=value (no '=' found)", hint=_ENV_FORM)
-        if not _ENV_NAME.fullmatch(name):
-            raise InputError(
-                input_name,
-                f"line {number}: the variable name is not valid: it must match [A-Za-z_][A-Za-z0-9_]*",
-                hint=_ENV_FORM,
-            )
-        if name.upper().startswith(_RESERVED_PREFIX):
-            raise InputError(
-                input_name,
-                f"line {number}: {name} starts with {_RESERVED_PREFIX}, which CodeBuild reserves",
-                hint="rename the variable",
-            )
-        if name in seen:
-            raise InputError(
-                input_name,
-                f"line {number}: {name} is already set on line {seen[name]}",
-                hint="set each variable once",
-            )
-        seen[name] = number
-        var = _typed_env_var(name, value, input_name=input_name, where=f"line {number}: {name}")
-        if refuse_credentials and var.type == "PLAINTEXT" and looks_like_credential(name, value):
-            raise InputError(
-                input_name,
-                f"line {number}: {name} looks like a credential but is a literal value: CodeBuild shows "
-                "plain values to anyone who can read the build",
-                hint=f"store it in Secrets Manager and write {name}=secretsmanager:NAME[#json-key] "
-                f"(or {name}=ssm:/parameter/name for Parameter Store)",
-            )
-        result.append(var)
-    return tuple(result)
-
-
-def _typed_env_var(name: str, value: str, *, input_name: str, where: str) -> EnvVar:
-    if value.startswith(_SECRETS_PREFIX):
-        body = value[len(_SECRETS_PREFIX) :]
-        return EnvVar(
-            name, secrets_manager_value(body, input_name=input_name, where=where), "SECRETS_MANAGER"
-        )
-    if value.startswith(_SSM_PREFIX):
-        parameter = value[len(_SSM_PREFIX) :]
-        if not parameter or any(c.isspace() for c in parameter):
-            raise InputError(
-                input_name,
-                f"{where}: the ssm: reference needs a parameter name without spaces",
-                hint="NAME=ssm:/path/to/parameter",
-            )
-        return EnvVar(name, parameter, "PARAMETER_STORE")
-    return EnvVar(name, value, "PLAINTEXT")
-
-
-def secrets_manager_value(reference: str, *, input_name: str, where: str = "") -> str:
-    """Turn `SECRET_ID[#json-key]` (what follows `secretsmanager:`) into CodeBuild's value form.
-
-    CodeBuild wants `secret-id:json-key:version-stage:version-id`; its long form passes through
-    unchanged so users who already know it need not relearn anything.
-    """
-    prefix = f"{where}: " if where else ""
-    hint = "secretsmanager:SECRET_NAME_OR_ARN[#json-key]"
-    secret_id, sep, json_key = reference.partition("#")
-    if not secret_id or any(c.isspace() for c in reference):
-        raise InputError(input_name, f"{prefix}the secretsmanager: reference needs a secret id", hint=hint)
-    if not sep:
-        return secret_id
-    parts = secret_id.split(":")
-    is_plain_name = len(parts) == 1
-    is_plain_arn = secret_id.startswith("arn:") and len(parts) == _ARN_PARTS
-    if not json_key or "#" in json_key or ":" in json_key or not (is_plain_name or is_plain_arn):
-        raise InputError(
-            input_name,
-            f"{prefix}the secretsmanager: reference is malformed: use SECRET_ID#json-key, or CodeBuild's "
-            "own secret-id:json-key:version-stage:version-id form without '#'",
-            hint=hint,
-        )
-    return f"{secret_id}:{json_key}"
+# Re-exported: planning's inputs, parsed where they are named.
+__all__ = [
+    "DELIVERY_ID_VARIABLE",
+    "compose_image_uri",
+    "looks_like_credential",
+    "packaged_buildspec",
+    "parse_bool",
+    "parse_env_vars",
+    "plan_build",
+    "registry_env",
+    "render_image_tag",
+    "secrets_manager_value",
+    "start_build_batch_kwargs",
+]
 
 
 def parse_bool(value: str, *, input_name: str) -> bool:
@@ -181,121 +48,6 @@ def parse_bool(value: str, *, input_name: str) -> bool:
     if lowered in {"false", "no", "0"}:
         return False
     raise InputError(input_name, "expected a boolean", hint="true or false")
-
-
-# --- image references ------------------------------------------------------------------------------
-
-_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*(?::\d{{1,5}})?")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_ECR_HOST = re.compile(
-    r"(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d)\.amazonaws\.com(?:\.cn)?"
-)
-_MAX_NAME_LENGTH = 255  # the distribution spec's practical limit on host + path
-_REPOSITORY_FORM = (
-    "REGISTRY_HOST/path, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/my-app, ghcr.io/owner/app "
-    "or registry.example.com:5000/team/app (lowercase path, no tag: use image-tag for that)"
-)
-_TAG_FORM = "1-128 characters of A-Z a-z 0-9 _ . - not starting with . or -"
-
-
-def compose_image_uri(repository: str, tag: str, *, input_name: str = "image-repository") -> str:
-    """Validate a repository and a tag and join them, so a typo fails before a build is paid for."""
-    repository = repository.strip()
-    if "://" in repository:
-        raise InputError(input_name, "must not include a URL scheme", hint=_REPOSITORY_FORM)
-    if "@" in repository:
-        raise InputError(
-            input_name,
-            "already contains a digest: give the repository only",
-            hint="use image-tag for the tag",
-        )
-    host, sep, path = repository.partition("/")
-    if ":" in path:
-        raise InputError(
-            input_name, "already contains a tag: give the repository only", hint="use image-tag for the tag"
-        )
-    if not sep or not _HOST.fullmatch(host) or ("." not in host and ":" not in host and host != "localhost"):
-        raise InputError(input_name, "must start with a registry host", hint=_REPOSITORY_FORM)
-    lowered = host.lower()
-    looks_like_ecr = lowered.endswith((".amazonaws.com", ".amazonaws.com.cn")) and ".dkr.ecr" in lowered
-    if looks_like_ecr and not _ECR_HOST.fullmatch(host):
-        raise InputError(
-            input_name,
-            "is not a valid ECR registry host",
-            hint="ACCOUNT_ID(12 digits).dkr.ecr.REGION.amazonaws.com/repository",
-        )
-    if not all(_PATH_COMPONENT.fullmatch(component) for component in path.split("/")):
-        raise InputError(
-            input_name,
-            "has an invalid repository path: lowercase letters, digits and single . _ __ - separators "
-            "between /-separated components",
-            hint=_REPOSITORY_FORM,
-        )
-    if len(repository) > _MAX_NAME_LENGTH:
-        raise InputError(input_name, f"is longer than {_MAX_NAME_LENGTH} characters", hint=_REPOSITORY_FORM)
-    if not _TAG.fullmatch(tag):
-        raise InputError("image-tag", "is not a valid image tag", hint=_TAG_FORM)
-    return f"{repository}:{tag}"
-
-
-_TAG_PLACEHOLDERS = ("sha", "short_sha", "branch", "tag", "pr", "ref_slug")
-_UNSAFE_TAG_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
-_UNSAFE_SLUG_CHARS = re.compile(r"[^a-z0-9]+")
-_SLUG_LENGTH = 63
-
-
-def render_image_tag(template: str | None, event: SourceEvent) -> str:
-    """Fill an image-tag template from the event. Values are sanitized so any ref name fits a tag."""
-    if not template:
-        return event.sha
-    hint = "placeholders: " + " ".join(f"{{{name}}}" for name in _TAG_PLACEHOLDERS)
-    values = _placeholder_values(event)
-    out: list[str] = []
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError:
-        raise InputError("image-tag", "has unbalanced braces", hint=hint) from None
-    for literal, field, spec, conversion in parsed:
-        out.append(literal)
-        if field is None:
-            continue
-        if field not in values or spec or conversion:
-            raise InputError("image-tag", f"unknown placeholder {{{field}}}", hint=hint)
-        value = values[field]
-        if value is None:
-            raise InputError(
-                "image-tag",
-                f"placeholder {{{field}}} has no value for a {event.kind} event",
-                hint="use {ref_slug} or {short_sha}, which always have a value",
-            )
-        out.append(value)
-    rendered = "".join(out)
-    if not _TAG.fullmatch(rendered):
-        raise InputError("image-tag", "does not render to a valid image tag", hint=_TAG_FORM)
-    return rendered
-
-
-def _placeholder_values(event: SourceEvent) -> dict[str, str | None]:
-    def sanitize(value: str | None) -> str | None:
-        return _UNSAFE_TAG_CHARS.sub("-", value) if value else None
-
-    return {
-        "sha": event.sha,
-        "short_sha": event.short_sha,
-        "branch": sanitize(event.branch),
-        "tag": sanitize(event.tag),
-        "pr": str(event.pr_number) if event.pr_number is not None else None,
-        "ref_slug": _ref_slug(event),
-    }
-
-
-def _ref_slug(event: SourceEvent) -> str:
-    """Like GitLab's CI_COMMIT_REF_SLUG: lowercase, [a-z0-9-], at most 63 characters, never empty."""
-    name = event.tag or event.branch or (event.ref.rsplit("/", 1)[-1] if event.ref else "") or event.sha
-    slug = _UNSAFE_SLUG_CHARS.sub("-", name.lower())[:_SLUG_LENGTH].strip("-")
-    return slug or event.short_sha
 
 
 # --- the StartBuild request ------------------------------------------------------------------------
@@ -485,18 +237,23 @@ def registry_env(auth: RegistryAuth) -> list[EnvVar]:
         ("REGISTRY_PASSWORD", "registry-password", auth.password_ref),
     ):
         reference = raw.strip()
-        if not reference.startswith(_SECRETS_PREFIX):
+        if not reference.startswith(SECRETS_PREFIX):
             raise InputError(
                 input_name,
                 "must be a Secrets Manager reference, not a value (CodeBuild would show a value in "
                 "PLAINTEXT)",
                 hint=_REGISTRY_FORM,
             )
-        value = secrets_manager_value(reference[len(_SECRETS_PREFIX) :], input_name=input_name)
+        value = secrets_manager_value(reference[len(SECRETS_PREFIX) :], input_name=input_name)
         env.append(EnvVar(name, value, "SECRETS_MANAGER"))
     if auth.server:
         server = auth.server.strip()
-        if not server or "/" in server or any(c.isspace() for c in server) or not _HOST.fullmatch(server):
+        if (
+            not server
+            or "/" in server
+            or any(c.isspace() for c in server)
+            or not REGISTRY_HOST.fullmatch(server)
+        ):
             raise InputError(
                 "registry-server",
                 "must be a registry host name (with an optional :port)",
@@ -565,7 +322,7 @@ def _clone_env(event: SourceEvent, options: BuildOptions, grant: Grant) -> list[
             key="clone_token",
             hint="clone_token = 'secretsmanager:NAME_OR_ARN[#json-key]'",
         )
-    body = ref.removeprefix(_SECRETS_PREFIX)
+    body = ref.removeprefix(SECRETS_PREFIX)
     token = secrets_manager_value(body, input_name="clone_token")
     env = [
         EnvVar("BRIDGE_CLONE_URL", options.source_location or grant.fetch_url),
