@@ -767,7 +767,12 @@ SAFE_WORDS = st.sampled_from(
 SAFE_NAMES = st.lists(SAFE_WORDS, min_size=1, max_size=3).map("_".join)
 NAME_PARTS = st.lists(SAFE_WORDS, max_size=2)
 # No `_` or `-`, no upper case: cannot start like any token prefix or AWS key id.
-SAFE_VALUES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789./:=@ ", max_size=30).map(str.strip)
+# Minus the two reference forms (`ssm:...`, `secretsmanager:...`), which are parsed as references, not values.
+SAFE_VALUES = (
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789./:=@ ", max_size=30)
+    .map(str.strip)
+    .filter(lambda value: not value.startswith(("ssm:", "secretsmanager:")))
+)
 TAILS = st.text(alphabet=st.characters(exclude_characters="\n\r", codec="utf-8"), max_size=30).map(
     lambda tail: _MARKER + tail
 )
