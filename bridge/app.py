@@ -404,10 +404,14 @@ def create_app(
             )
         if isinstance(outcome, AwaitingApproval):
             ctx.route = outcome.route
-            if isinstance(result, SourceEvent) and result.kind != "rerun":
+            if isinstance(result, SourceEvent):
                 # Persisted like a build, so the worker posts the status that says how to approve
-                # (a write to GitHub/GitLab has no place in the ack); the worker decides again and
-                # builds nothing while the head is not approved.
+                # (a write to GitHub/GitLab has no place in the ack) — on the check that was re-run
+                # too; the worker decides again and builds nothing while the head is not approved.
+                # A re-run is stored as the build it re-runs (its fork included), as when admitted.
+                found = original_build(result) if result.kind == "rerun" else None
+                if found is not None:
+                    result = events.inherit_rerun(result, found[1])
                 ctx.fields.update(repository=result.repository, sha=result.sha)
                 key = delivery_key(result.provider, delivery_id)
                 if services.store.add_delivery(key, result.provider, event_name, outcome.route, result):

@@ -136,3 +136,33 @@ def test_a_refused_rerun_completes_its_check_saying_which_route_and_why(
     assert why in summary
     assert "**To fix:**" in summary
     assert len(started(codebuild_double)) == 1  # nothing was built again
+
+
+def test_a_rerun_of_a_fork_head_that_now_needs_approval_posts_how_to_approve(
+    server: Server, codebuild_double: CodeBuildDouble, github_api: FakeGitHub
+) -> None:
+    """Admitted by its route but not yet approved: the check that was re-run says how to approve."""
+    payload = fork_pull_request()
+    sha = payload["pull_request"]["head"]["sha"]
+    assert server.post(github_delivery("pull_request", payload))[0] == 202
+    wait_for(
+        lambda: len(completed_runs(github_api, sha)) == 1,
+        FINISH_TIMEOUT,
+        "the build's check",
+        server.log_path,
+    )
+
+    restart_with(server, lambda text: text.replace('forks = "without-secrets"', 'forks = "approve"'))
+    status, body = server.post(github_delivery("check_run", rerun_of(sha, payload["repository"])))
+
+    assert status == 200
+    assert "waiting" in body
+    wait_for(
+        lambda: any(run.get("conclusion") == "action_required" for run in completed_runs(github_api, sha)),
+        FINISH_TIMEOUT,
+        "the waiting-for-approval check",
+        server.log_path,
+    )
+    (run,) = [run for run in completed_runs(github_api, sha) if run.get("conclusion") == "action_required"]
+    assert run["name"] == "codebuild/hello"
+    assert len(started(codebuild_double)) == 1  # nothing was built again
